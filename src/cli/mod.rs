@@ -1,0 +1,121 @@
+//! The command line: one file per subcommand, plus the fuse-overlayfs
+//! compatible form (`layerfs [SOURCE] MOUNTPOINT -o lowerdir=...`) that tools
+//! taking a mount program call.
+//!
+//! Dispatch: a first argument that names a subcommand (or asks for help or the
+//! version) goes to clap; anything else is the compat form.
+
+pub mod mount;
+pub mod options;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use options::{Compat, MountOptions};
+
+const COMPAT_HELP: &str = "\
+DROP-IN FORM (compatible with fuse-overlayfs and mount -t fuse.layerfs):
+  layerfs [SOURCE] MOUNTPOINT -o lowerdir=A:B[,upperdir=U,workdir=W][,OPTIONS] [-f] [-d]
+
+  The leftmost lowerdir is the top layer. `\\:` escapes a colon in a path and
+  `\\,` a comma. Relative paths resolve against the current directory. Without
+  upperdir the mount is read-only. The command returns once the mount is live
+  and serves in the background; `umount MOUNTPOINT` or `fusermount3 -u` ends it.
+
+MOUNT OPTIONS:
+  lowerdir=DIR[:DIR...]   read-only layers, top first (required)
+  upperdir=DIR            writable layer that receives every change
+  workdir=DIR             empty directory on upperdir's filesystem, for atomic copy-up
+  volatile, fsync=0       skip fsync on copy-up and make fsync a no-op
+  whiteout=auto|chardev|file
+                          how deletions are recorded in upperdir (auto: char
+                          device 0/0 when allowed, else .wh.NAME files)
+  timeout=SECONDS         how long the kernel caches names and attributes (86400)
+  threads=N, threaded=0|1 request-serving threads (4)
+  passthrough=on|off      FUSE passthrough for open files (on when root)
+  static_nlink            report nlink 1 for every directory
+  ro, rw, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, sync, async,
+  dirsync, allow_other, allow_root, default_permissions, fsname=NAME, subtype=NAME
+                          generic FUSE/mount options (defaults: nodev, nosuid;
+                          as root also allow_other and default_permissions)
+  fast_ino=, writeback=, noacl, relatime and other mount(8) generic options
+                          accepted and ignored
+
+  Not implemented yet (accepted by fuse-overlayfs; layerfs refuses them):
+    uidmapping=, gidmapping=, squash_to_root, squash_to_uid=, squash_to_gid=,
+    xattr_permissions=, plugins=, noxattrs=
+
+EXAMPLES:
+  layerfs -o lowerdir=/layers/app:/layers/base /mnt/merged
+  layerfs mount --layer /layers/app --layer /layers/base /mnt/merged
+  mount -t fuse.layerfs layerfs /mnt/merged -o lowerdir=/layers/app:/layers/base
+  umount /mnt/merged";
+
+/// layerfs: mount container image layers as one merged tree, without root
+/// and without the kernel's overlayfs.
+#[derive(Parser, Debug)]
+#[command(name = "layerfs", version, after_help = COMPAT_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mount a stack of layer directories (first --layer on top).
+    Mount(mount::MountArgs),
+}
+
+const SUBCOMMANDS: &[&str] = &["mount", "help", "-h", "--help", "-V", "--version"];
+
+/// Runs the command line; returns the process exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    let first = args.get(1).map(String::as_str);
+    if args.len() <= 1 || first.is_some_and(|a| SUBCOMMANDS.contains(&a)) {
+        let cli = match Cli::try_parse_from(&args) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = e.print();
+                return if e.use_stderr() { 2 } else { 0 };
+            }
+        };
+        return match cli.command {
+            Command::Mount(m) => match m.into_request() {
+                Ok(req) => mount::run(req),
+                Err(e) => {
+                    eprintln!("layerfs: {e}");
+                    2
+                }
+            },
+        };
+    }
+    match options::parse_compat(&args[1..]) {
+        Ok(Compat::Help) => {
+            let _ = Cli::command().print_long_help();
+            0
+        }
+        Ok(Compat::Version) => {
+            println!("layerfs {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Ok(Compat::Mount(c)) => {
+            let mut opts = MountOptions::default();
+            for o in &c.options {
+                if let Err(e) = opts.apply(o) {
+                    eprintln!("layerfs: {e}");
+                    return 2;
+                }
+            }
+            mount::run(mount::MountRequest {
+                options: opts,
+                source: c.source,
+                mountpoint: c.mountpoint.into(),
+                foreground: c.foreground,
+                debug: c.debug,
+            })
+        }
+        Err(e) => {
+            eprintln!("layerfs: {e}");
+            2
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! `layerfs mount` and the fuse-overlayfs-compatible form: both end in
+//! [`run`], the one code path that checks the layers, mounts and serves.
+//!
+//! Sequence: validate and open every directory while still attached to the
+//! terminal (so errors reach the user), fork before any thread exists, mount
+//! in the child, report success through a pipe, detach, serve. The parent
+//! exits 0 only once the mount is live.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use fuser::MountOption;
+use log::{error, info};
+
+use super::options::{Flag, MountOptions, OptionError};
+use crate::fuse::{self, FuseOptions, LayerFs, MountSpec};
+use crate::overlay::layers::{self, Overlap};
+use crate::overlay::{Overlay, Stack, StackError};
+use crate::sys::{self, process};
+
+/// `layerfs mount`: the friendly spelling of the fuse-overlayfs command line.
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// A read-only layer directory; repeat it, the first one is the top layer.
+    #[arg(long = "layer", value_name = "DIR")]
+    pub layers: Vec<PathBuf>,
+    /// The writable upper layer (needs --work on the same filesystem).
+    #[arg(long, value_name = "DIR", requires = "work")]
+    pub upper: Option<PathBuf>,
+    /// The work directory for atomic copy-up (same filesystem as --upper).
+    #[arg(long, value_name = "DIR", requires = "upper")]
+    pub work: Option<PathBuf>,
+    /// Mount options, as with the fuse-overlayfs form (see `layerfs --help`).
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub options: Vec<String>,
+    /// Stay in the foreground instead of serving in the background.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Log every request to stderr (implies -f).
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+    /// Where to mount the merged view.
+    pub mountpoint: PathBuf,
+}
+
+/// A mount to perform, however it was spelled.
+#[derive(Debug)]
+pub struct MountRequest {
+    pub options: MountOptions,
+    pub source: Option<String>,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub debug: bool,
+}
+
+impl MountArgs {
+    pub fn into_request(self) -> Result<MountRequest, MountError> {
+        let mut options = MountOptions::default();
+        for o in &self.options {
+            options.apply(o).map_err(MountError::Option)?;
+        }
+        if !self.layers.is_empty() {
+            options.lowerdirs = self.layers;
+        }
+        if self.upper.is_some() {
+            options.upperdir = self.upper;
+            options.workdir = self.work;
+        }
+        Ok(MountRequest {
+            options,
+            source: None,
+            mountpoint: self.mountpoint,
+            foreground: self.foreground || self.debug,
+            debug: self.debug,
+        })
+    }
+}
+
+/// Why a mount did not happen. Each variant names the paths involved.
+#[derive(Debug)]
+pub enum MountError {
+    Option(OptionError),
+    NoLowerdir,
+    UpperWithoutWork,
+    WorkWithoutUpper,
+    Path {
+        what: &'static str,
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    NotADirectory {
+        what: &'static str,
+        path: PathBuf,
+    },
+    Overlap(Overlap),
+    Stack(StackError),
+    Mount {
+        mountpoint: PathBuf,
+        cause: std::io::Error,
+    },
+    Daemon(String),
+}
+
+impl fmt::Display for MountError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MountError::Option(e) => e.fmt(f),
+            MountError::NoLowerdir => {
+                write!(
+                    f,
+                    "no lower layer given: use -o lowerdir=DIR[:DIR...] or --layer DIR"
+                )
+            }
+            MountError::UpperWithoutWork => write!(f, "upperdir= needs workdir= as well"),
+            MountError::WorkWithoutUpper => write!(f, "workdir= needs upperdir= as well"),
+            MountError::Path { what, path, cause } => {
+                write!(f, "{what} {}: {cause}", path.display())
+            }
+            MountError::NotADirectory { what, path } => {
+                write!(f, "{what} {} is not a directory", path.display())
+            }
+            MountError::Overlap(o) => o.fmt(f),
+            MountError::Stack(e) => e.fmt(f),
+            MountError::Mount { mountpoint, cause } => {
+                write!(f, "cannot mount on {}: {cause}", mountpoint.display())
+            }
+            MountError::Daemon(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for MountError {}
+
+/// Resolves a directory the user named: absolute, symlinks resolved, and it
+/// must be a directory.
+fn resolve_dir(what: &'static str, p: &Path) -> Result<PathBuf, MountError> {
+    let abs = layers::absolute(p);
+    let canon = std::fs::canonicalize(&abs).map_err(|cause| MountError::Path {
+        what,
+        path: abs.clone(),
+        cause,
+    })?;
+    if !canon.is_dir() {
+        return Err(MountError::NotADirectory { what, path: abs });
+    }
+    Ok(canon)
+}
+
+/// Everything checked and opened, ready to mount.
+struct Prepared {
+    overlay: Overlay,
+    mountpoint: PathBuf,
+    spec: MountSpec,
+    fuse: FuseOptions,
+}
+
+fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
+    let o = &req.options;
+    if o.lowerdirs.is_empty() {
+        return Err(MountError::NoLowerdir);
+    }
+    match (&o.upperdir, &o.workdir) {
+        (Some(_), None) => return Err(MountError::UpperWithoutWork),
+        (None, Some(_)) => return Err(MountError::WorkWithoutUpper),
+        _ => {}
+    }
+    let mountpoint = resolve_dir("mountpoint", &req.mountpoint)?;
+    let mut lowers = Vec::new();
+    for l in &o.lowerdirs {
+        lowers.push(resolve_dir("lower directory", l)?);
+    }
+    let upper = match (&o.upperdir, &o.workdir) {
+        (Some(u), Some(w)) => Some((
+            resolve_dir("upper directory", u)?,
+            resolve_dir("work directory", w)?,
+        )),
+        _ => None,
+    };
+    let mut dirs: Vec<(&'static str, &Path)> = lowers
+        .iter()
+        .map(|l| ("lower directory", l.as_path()))
+        .collect();
+    if let Some((u, w)) = &upper {
+        dirs.push(("upper directory", u));
+        dirs.push(("work directory", w));
+    }
+    layers::check_overlap(&mountpoint, &dirs).map_err(MountError::Overlap)?;
+
+    let stack = Stack::open(
+        &lowers,
+        upper.as_ref().map(|(u, w)| (u.as_path(), w.as_path())),
+    )
+    .map_err(MountError::Stack)?;
+    let overlay = Overlay::new(stack);
+
+    let root = sys::geteuid() == 0;
+    let mut mount_options = vec![
+        MountOption::FSName(
+            o.fsname
+                .clone()
+                .or_else(|| req.source.clone())
+                .unwrap_or_else(|| "layerfs".into()),
+        ),
+        MountOption::Subtype(o.subtype.clone().unwrap_or_else(|| "layerfs".into())),
+    ];
+    // Later flags override earlier ones: keep the last of each kind.
+    let mut dev = false;
+    let mut suid = false;
+    let mut exec = true;
+    let mut atime = true;
+    let mut sync = None;
+    let mut dirsync = false;
+    for f in &o.flags {
+        match *f {
+            Flag::Dev(v) => dev = v,
+            Flag::Suid(v) => suid = v,
+            Flag::Exec(v) => exec = v,
+            Flag::Atime(v) => atime = v,
+            Flag::Sync(v) => sync = Some(v),
+            Flag::DirSync => dirsync = true,
+            Flag::ReadOnly(_) => {}
+        }
+    }
+    mount_options.push(if o.read_only() {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    mount_options.push(if dev {
+        MountOption::Dev
+    } else {
+        MountOption::NoDev
+    });
+    mount_options.push(if suid {
+        MountOption::Suid
+    } else {
+        MountOption::NoSuid
+    });
+    mount_options.push(if exec {
+        MountOption::Exec
+    } else {
+        MountOption::NoExec
+    });
+    mount_options.push(if atime {
+        MountOption::Atime
+    } else {
+        MountOption::NoAtime
+    });
+    match sync {
+        Some(true) => mount_options.push(MountOption::Sync),
+        Some(false) => mount_options.push(MountOption::Async),
+        None => {}
+    }
+    if dirsync {
+        mount_options.push(MountOption::DirSync);
+    }
+    // As root, like fuse-overlayfs: everyone may use the mount, and the
+    // kernel checks permissions from the reported modes.
+    if root || o.default_permissions {
+        mount_options.push(MountOption::DefaultPermissions);
+    }
+    let spec = MountSpec {
+        mount_options,
+        allow_other: root || o.allow_other,
+        allow_root: o.allow_root,
+    };
+    let mut fuse = FuseOptions::default();
+    if let Some(t) = o.timeout {
+        fuse.timeout = t;
+    }
+    if let Some(n) = o.threads {
+        fuse.threads = n;
+    }
+    fuse.passthrough = o.passthrough.unwrap_or(true) && root && sys::in_initial_userns();
+    Ok(Prepared {
+        overlay,
+        mountpoint,
+        spec,
+        fuse,
+    })
+}
+
+fn init_logging(debug: bool) {
+    let mut b = env_logger::Builder::new();
+    if debug {
+        b.filter_level(log::LevelFilter::Debug);
+    } else {
+        b.filter_level(log::LevelFilter::Warn)
+            .filter_module("fuser", log::LevelFilter::Error);
+    }
+    b.parse_env("LAYERFS_LOG");
+    let _ = b.try_init();
+}
+
+/// Mounts and serves. Returns the process exit code.
+pub fn run(req: MountRequest) -> i32 {
+    init_logging(req.debug);
+    match run_inner(req) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("layerfs: {e}");
+            1
+        }
+    }
+}
+
+fn run_inner(req: MountRequest) -> Result<(), MountError> {
+    let prepared = prepare(&req)?;
+    sys::raise_nofile_limit();
+    if req.foreground {
+        return serve(prepared, None);
+    }
+    let (r, w) = process::pipe().map_err(|e| MountError::Daemon(format!("pipe: {e}")))?;
+    match process::fork().map_err(|e| MountError::Daemon(format!("fork: {e}")))? {
+        process::Forked::Parent { child } => {
+            drop(w);
+            match process::wait_ready(r) {
+                Ok(()) => Ok(()),
+                Err(msg) => {
+                    // Reap the failed daemon so it does not linger as a zombie.
+                    let _ = process::waitpid(child);
+                    Err(MountError::Daemon(msg))
+                }
+            }
+        }
+        process::Forked::Child => {
+            drop(r);
+            let code = match serve(prepared, Some(w)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    error!("{e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Mounts, reports readiness to `ready` (the parent waiting in the
+/// foreground), and serves until unmounted or signalled.
+fn serve(p: Prepared, ready: Option<std::fs::File>) -> Result<(), MountError> {
+    // Termination signals go to one thread; block them before any other
+    // thread exists so that all threads inherit the mask.
+    process::block_termination_signals();
+    let fs = LayerFs::new(Arc::new(p.overlay), p.fuse);
+    let mut session = match fuse::mount(fs, &p.mountpoint, &p.spec) {
+        Ok(s) => s,
+        Err(cause) => {
+            let e = MountError::Mount {
+                mountpoint: p.mountpoint.clone(),
+                cause,
+            };
+            if let Some(w) = ready {
+                process::report_ready(w, Err(&format!("layerfs: {e}")));
+                return Ok(());
+            }
+            return Err(e);
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = p.mountpoint.clone();
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = process::wait_termination();
+            info!("signal {sig}: unmounting {}", mountpoint.display());
+            if let Err(e) = unmounter.unmount() {
+                // Busy: detach it; the kernel ends the connection when the
+                // last user lets go, or when this process exits.
+                info!("unmount failed ({e}); detaching");
+                if let Ok(c) = sys::cstr(mountpoint.as_os_str()) {
+                    let _ = process::umount2(&c, libc::MNT_DETACH);
+                }
+                std::process::exit(0);
+            }
+        });
+    if let Some(w) = ready {
+        let _ = process::detach();
+        process::report_ready(w, Ok(()));
+    }
+    session.run().map_err(|cause| MountError::Mount {
+        mountpoint: p.mountpoint,
+        cause,
+    })
+}

@@ -1,0 +1,535 @@
+//! Parsing of mount options (`-o a,b=c`) and of the fuse-overlayfs-compatible
+//! command line, separated from any I/O and tested table-driven.
+//!
+//! Grammar: options are separated by `,`; `\,` is a literal comma. In
+//! `lowerdir=` the layers are separated by `:`; `\:` is a literal colon and
+//! `\\` a literal backslash. An option layerfs does not know is an error that
+//! names it; options fuse-overlayfs has that layerfs does not implement yet are
+//! an error that says so.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// The whiteout encoding to write in the upper layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WhiteoutMode {
+    /// Character device 0/0 when mknod allows it, else `.wh.` files.
+    #[default]
+    Auto,
+    Chardev,
+    File,
+}
+
+/// A generic mount flag and its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flag {
+    ReadOnly(bool),
+    Dev(bool),
+    Suid(bool),
+    Exec(bool),
+    Atime(bool),
+    Sync(bool),
+    DirSync,
+}
+
+/// Everything `-o` can say.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MountOptions {
+    pub lowerdirs: Vec<PathBuf>,
+    pub upperdir: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    pub flags: Vec<Flag>,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub default_permissions: bool,
+    pub fsname: Option<String>,
+    pub subtype: Option<String>,
+    /// Skip fsync on copy-up and make fsync a no-op.
+    pub volatile: bool,
+    pub whiteout: WhiteoutMode,
+    /// Entry and attribute cache timeout in seconds.
+    pub timeout: Option<std::time::Duration>,
+    pub threads: Option<usize>,
+    pub passthrough: Option<bool>,
+    /// Report nlink 1 for every directory.
+    pub static_nlink: bool,
+}
+
+/// Options fuse-overlayfs accepts that layerfs does not implement yet.
+pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
+    ("uidmapping=", "map container uids to host uids"),
+    ("gidmapping=", "map container gids to host gids"),
+    ("squash_to_root", "report every file as owned by root"),
+    ("squash_to_uid=", "report every file as owned by this uid"),
+    ("squash_to_gid=", "report every file as owned by this gid"),
+    ("xattr_permissions=", "store permissions in xattrs"),
+    ("plugins=", "layer plugins"),
+    ("noxattrs=", "disable extended attributes"),
+];
+
+/// Generic mount options that are accepted and have no effect on a FUSE mount.
+const IGNORED: &[&str] = &[
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "diratime",
+    "nodiratime",
+    "async_dio",
+    "noacl",
+    "silent",
+    "loud",
+];
+
+/// Why an option string was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OptionError {
+    Unknown(String),
+    NotImplemented(String),
+    BadValue {
+        option: String,
+        value: String,
+        expected: &'static str,
+    },
+    EmptyLowerdir,
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionError::Unknown(o) => write!(f, "unknown mount option '{o}' (see --help)"),
+            OptionError::NotImplemented(o) => {
+                write!(
+                    f,
+                    "mount option '{o}' is not implemented yet by layerfs (see --help)"
+                )
+            }
+            OptionError::BadValue {
+                option,
+                value,
+                expected,
+            } => write!(
+                f,
+                "bad value '{value}' for option '{option}': expected {expected}"
+            ),
+            OptionError::EmptyLowerdir => write!(f, "lowerdir= has an empty layer path"),
+        }
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+/// Splits an option string at unescaped commas; `\,` becomes `,`, any other
+/// escape is kept for the option's own parser.
+pub fn split_options(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(',') => cur.push(','),
+                Some(n) => {
+                    cur.push('\\');
+                    cur.push(n);
+                }
+                None => cur.push('\\'),
+            },
+            ',' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter().filter(|o| !o.is_empty()).collect()
+}
+
+/// Splits a `lowerdir=` value at unescaped colons, removing escapes.
+pub fn split_lowerdir(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n)
+                }
+            }
+            ':' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn parse_bool(option: &str, v: &str) -> Result<bool, OptionError> {
+    match v {
+        "1" | "on" | "yes" | "true" => Ok(true),
+        "0" | "off" | "no" | "false" => Ok(false),
+        _ => Err(OptionError::BadValue {
+            option: option.into(),
+            value: v.into(),
+            expected: "on/off or 1/0",
+        }),
+    }
+}
+
+impl MountOptions {
+    /// Applies one `-o` argument (a comma-separated list) on top of `self`;
+    /// later options override earlier ones, as with mount(8).
+    pub fn apply(&mut self, s: &str) -> Result<(), OptionError> {
+        for opt in split_options(s) {
+            self.apply_one(&opt)?;
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, opt: &str) -> Result<(), OptionError> {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        let flag = |f: Flag, me: &mut MountOptions| {
+            me.flags.push(f);
+            Ok(())
+        };
+        match (key, value) {
+            ("lowerdir", Some(v)) => {
+                let dirs = split_lowerdir(v);
+                if dirs.iter().any(|d| d.is_empty()) {
+                    return Err(OptionError::EmptyLowerdir);
+                }
+                self.lowerdirs = dirs.into_iter().map(PathBuf::from).collect();
+                Ok(())
+            }
+            ("upperdir", Some(v)) => {
+                self.upperdir = Some(PathBuf::from(unescape(v)));
+                Ok(())
+            }
+            ("workdir", Some(v)) => {
+                self.workdir = Some(PathBuf::from(unescape(v)));
+                Ok(())
+            }
+            ("rw", None) => flag(Flag::ReadOnly(false), self),
+            ("ro", None) => flag(Flag::ReadOnly(true), self),
+            ("dev", None) => flag(Flag::Dev(true), self),
+            ("nodev", None) => flag(Flag::Dev(false), self),
+            ("suid", None) => flag(Flag::Suid(true), self),
+            ("nosuid", None) => flag(Flag::Suid(false), self),
+            ("exec", None) => flag(Flag::Exec(true), self),
+            ("noexec", None) => flag(Flag::Exec(false), self),
+            ("atime", None) => flag(Flag::Atime(true), self),
+            ("noatime", None) => flag(Flag::Atime(false), self),
+            ("sync", None) => flag(Flag::Sync(true), self),
+            ("async", None) => flag(Flag::Sync(false), self),
+            ("dirsync", None) => flag(Flag::DirSync, self),
+            ("allow_other", None) => {
+                self.allow_other = true;
+                Ok(())
+            }
+            ("allow_root", None) => {
+                self.allow_root = true;
+                Ok(())
+            }
+            ("default_permissions", None) => {
+                self.default_permissions = true;
+                Ok(())
+            }
+            ("fsname", Some(v)) => {
+                self.fsname = Some(v.to_string());
+                Ok(())
+            }
+            ("subtype", Some(v)) => {
+                self.subtype = Some(v.to_string());
+                Ok(())
+            }
+            ("volatile", None) => {
+                self.volatile = true;
+                Ok(())
+            }
+            ("fsync", Some(v)) => {
+                self.volatile = !parse_bool(key, v)?;
+                Ok(())
+            }
+            ("whiteout", Some(v)) => {
+                self.whiteout = match v {
+                    "auto" => WhiteoutMode::Auto,
+                    "chardev" => WhiteoutMode::Chardev,
+                    "file" => WhiteoutMode::File,
+                    _ => {
+                        return Err(OptionError::BadValue {
+                            option: key.into(),
+                            value: v.into(),
+                            expected: "auto, chardev or file",
+                        })
+                    }
+                };
+                Ok(())
+            }
+            ("timeout", Some(v)) => {
+                let t: f64 = v.parse().map_err(|_| OptionError::BadValue {
+                    option: key.into(),
+                    value: v.into(),
+                    expected: "a number of seconds",
+                })?;
+                if !(0.0..=1e9).contains(&t) {
+                    return Err(OptionError::BadValue {
+                        option: key.into(),
+                        value: v.into(),
+                        expected: "a number of seconds",
+                    });
+                }
+                self.timeout = Some(std::time::Duration::from_secs_f64(t));
+                Ok(())
+            }
+            ("threaded", Some(v)) => {
+                self.threads = Some(if parse_bool(key, v)? { 4 } else { 1 });
+                Ok(())
+            }
+            ("threads", Some(v)) => {
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(|| OptionError::BadValue {
+                        option: key.into(),
+                        value: v.into(),
+                        expected: "a number from 1 to 256",
+                    })?;
+                self.threads = Some(n);
+                Ok(())
+            }
+            ("passthrough", Some(v)) => {
+                self.passthrough = Some(parse_bool(key, v)?);
+                Ok(())
+            }
+            ("static_nlink", None) => {
+                self.static_nlink = true;
+                Ok(())
+            }
+            // fuse-overlayfs tuning knobs whose job layerfs does by design.
+            ("fast_ino", Some(_)) | ("writeback", Some(_)) => Ok(()),
+            (k, _) if IGNORED.contains(&k) => Ok(()),
+            _ => {
+                let with_eq = format!("{key}=");
+                if NOT_IMPLEMENTED
+                    .iter()
+                    .any(|(n, _)| *n == key || *n == with_eq)
+                {
+                    Err(OptionError::NotImplemented(key.to_string()))
+                } else {
+                    Err(OptionError::Unknown(opt.to_string()))
+                }
+            }
+        }
+    }
+
+    /// The effective read-only flag: explicit `ro`, or no upper layer.
+    pub fn read_only(&self) -> bool {
+        let explicit = self.flags.iter().rev().find_map(|f| match f {
+            Flag::ReadOnly(ro) => Some(*ro),
+            _ => None,
+        });
+        explicit.unwrap_or(false) || self.upperdir.is_none()
+    }
+}
+
+/// The fuse-overlayfs-style command line: `[SOURCE] MOUNTPOINT -o OPTS [-f] [-d]`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CompatArgs {
+    pub source: Option<String>,
+    pub mountpoint: String,
+    pub options: Vec<String>,
+    pub foreground: bool,
+    pub debug: bool,
+}
+
+/// What the compat command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compat {
+    Mount(CompatArgs),
+    Help,
+    Version,
+}
+
+/// Parses the compat command line (without the program name).
+pub fn parse_compat(args: &[String]) -> Result<Compat, String> {
+    let mut positional = Vec::new();
+    let mut out = CompatArgs::default();
+    let mut i = 0;
+    let mut only_positional = false;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        if only_positional || !a.starts_with('-') || a == "-" {
+            positional.push(a.clone());
+            continue;
+        }
+        match a.as_str() {
+            "--" => only_positional = true,
+            "-h" | "--help" => return Ok(Compat::Help),
+            "-V" | "--version" => return Ok(Compat::Version),
+            "-f" => out.foreground = true,
+            "-d" | "--debug" => {
+                out.debug = true;
+                out.foreground = true;
+            }
+            // Single-threaded operation: accepted, layerfs decides its threads.
+            "-s" => {}
+            "-o" => {
+                let v = args
+                    .get(i)
+                    .ok_or_else(|| "option -o needs a value".to_string())?;
+                out.options.push(v.clone());
+                i += 1;
+            }
+            s if s.starts_with("-o") => out.options.push(s[2..].to_string()),
+            s => return Err(format!("unknown argument '{s}' (see --help)")),
+        }
+    }
+    match positional.len() {
+        1 => out.mountpoint = positional.remove(0),
+        2 => {
+            out.mountpoint = positional.remove(1);
+            out.source = Some(positional.remove(0));
+        }
+        0 => return Err("missing MOUNTPOINT (see --help)".into()),
+        _ => {
+            return Err(format!(
+                "too many arguments: {} (expected [SOURCE] MOUNTPOINT)",
+                positional.join(" ")
+            ))
+        }
+    }
+    Ok(Compat::Mount(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn split_table() {
+        let cases: &[(&str, &[&str])] = &[
+            ("a,b=c", &["a", "b=c"]),
+            ("a\\,b,c", &["a,b", "c"]),
+            ("lowerdir=a\\:b:c", &["lowerdir=a\\:b:c"]),
+            (",,x,", &["x"]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(split_options(input), s(want), "{input}");
+        }
+        assert_eq!(split_lowerdir("a\\:b:c"), s(&["a:b", "c"]));
+        assert_eq!(split_lowerdir("/x\\\\y:z"), s(&["/x\\y", "z"]));
+    }
+
+    #[test]
+    fn options_table() {
+        let mut o = MountOptions::default();
+        o.apply("rw,lowerdir=/a:/b,upperdir=/u,workdir=/w,dev,suid")
+            .unwrap();
+        assert_eq!(o.lowerdirs, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(o.upperdir, Some(PathBuf::from("/u")));
+        assert!(!o.read_only());
+        assert!(o.flags.contains(&Flag::Dev(true)));
+
+        let bad: &[(&str, OptionError)] = &[
+            ("bogus=1", OptionError::Unknown("bogus=1".into())),
+            ("frobnicate", OptionError::Unknown("frobnicate".into())),
+            (
+                "uidmapping=0:1:1",
+                OptionError::NotImplemented("uidmapping".into()),
+            ),
+            (
+                "squash_to_root",
+                OptionError::NotImplemented("squash_to_root".into()),
+            ),
+            ("lowerdir=/a::/b", OptionError::EmptyLowerdir),
+            (
+                "whiteout=x",
+                OptionError::BadValue {
+                    option: "whiteout".into(),
+                    value: "x".into(),
+                    expected: "auto, chardev or file",
+                },
+            ),
+        ];
+        for (input, want) in bad {
+            assert_eq!(
+                MountOptions::default().apply(input).unwrap_err(),
+                *want,
+                "{input}"
+            );
+        }
+        let mut o = MountOptions::default();
+        o.apply("lowerdir=/a,fsync=0,relatime,noatime").unwrap();
+        assert!(o.volatile);
+        assert!(o.read_only());
+    }
+
+    #[test]
+    fn compat_table() {
+        let m = |src: Option<&str>, mnt: &str, opts: &[&str], fg: bool| {
+            Compat::Mount(CompatArgs {
+                source: src.map(String::from),
+                mountpoint: mnt.into(),
+                options: s(opts),
+                foreground: fg,
+                debug: false,
+            })
+        };
+        let cases: Vec<(Vec<&str>, Compat)> = vec![
+            (
+                vec!["-o", "lowerdir=/a", "/m"],
+                m(None, "/m", &["lowerdir=/a"], false),
+            ),
+            (
+                vec!["layerfs", "/m", "-o", "rw,lowerdir=/a,dev,suid"],
+                m(Some("layerfs"), "/m", &["rw,lowerdir=/a,dev,suid"], false),
+            ),
+            (
+                vec!["/m", "-olowerdir=/a", "-f"],
+                m(None, "/m", &["lowerdir=/a"], true),
+            ),
+            (vec!["--help"], Compat::Help),
+            (vec!["-V"], Compat::Version),
+        ];
+        for (args, want) in cases {
+            assert_eq!(parse_compat(&s(&args)).unwrap(), want, "{args:?}");
+        }
+        assert!(parse_compat(&s(&["-x", "/m"])).is_err());
+        assert!(parse_compat(&s(&["-o"])).is_err());
+        assert!(parse_compat(&s(&["a", "b", "c"])).is_err());
+        assert!(parse_compat(&s(&[])).is_err());
+    }
+}

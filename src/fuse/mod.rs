@@ -1,0 +1,413 @@
+//! The FUSE adapter: decodes requests, calls [`Overlay`], encodes replies.
+//!
+//! Owns: the translation between `fuser` types and the overlay's, the kernel
+//! cache policy (timeouts, keep-cache, cached directories), and FUSE
+//! passthrough backing files. Does not own: any union rule.
+//!
+//! Invariants: every request gets exactly one reply; errors carry the errno
+//! the overlay produced; a handler never panics.
+//!
+//! Passthrough: all opens of one inode must share one backing file while any
+//! of them is open (the kernel answers EIO otherwise), so backing ids are kept
+//! per inode with an open count in `backing`. The map entry's guard is held
+//! across the backing ioctl, which does not block.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, BackingId, Config, Errno as FErrno, FileAttr, FileHandle, FileType, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Session, SessionACL,
+};
+use log::{debug, info, warn};
+
+use crate::overlay::{Handle, Ino, Overlay};
+use crate::sys::{Errno, FileKind, Stat, Timespec};
+
+/// How the mount talks to the kernel.
+#[derive(Clone, Debug)]
+pub struct FuseOptions {
+    /// How long the kernel may cache entries and attributes.
+    pub timeout: Duration,
+    /// Try FUSE passthrough for open files (needs privileges).
+    pub passthrough: bool,
+    /// Reader threads.
+    pub threads: usize,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions {
+            timeout: Duration::from_secs(86400),
+            passthrough: true,
+            threads: 4,
+        }
+    }
+}
+
+/// The `fuser::Filesystem` of layerfs.
+pub struct LayerFs {
+    ov: Arc<Overlay>,
+    opts: FuseOptions,
+    passthrough: AtomicBool,
+    backing: DashMap<Ino, (Arc<BackingId>, u64)>,
+    /// Open handles that use a passthrough backing file, by handle.
+    pt_handles: DashMap<u64, Ino>,
+}
+
+impl LayerFs {
+    pub fn new(ov: Arc<Overlay>, opts: FuseOptions) -> LayerFs {
+        let passthrough = AtomicBool::new(opts.passthrough);
+        LayerFs {
+            ov,
+            opts,
+            passthrough,
+            backing: DashMap::new(),
+            pt_handles: DashMap::new(),
+        }
+    }
+}
+
+fn ferr(e: Errno) -> FErrno {
+    FErrno::from_i32(e.0)
+}
+
+fn systime(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::Dir => FileType::Directory,
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+/// Encodes a `dev_t` the way the FUSE protocol carries it (`new_encode_dev`).
+fn encode_dev(rdev: u64) -> u32 {
+    // SAFETY-free: libc's major/minor are plain arithmetic.
+    let major = libc::major(rdev);
+    let minor = libc::minor(rdev);
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+fn to_attr(st: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(st.ino),
+        size: st.size,
+        blocks: st.blocks,
+        atime: systime(st.atime),
+        mtime: systime(st.mtime),
+        ctime: systime(st.ctime),
+        crtime: UNIX_EPOCH,
+        kind: file_type(st.kind()),
+        perm: (st.mode & 0o7777) as u16,
+        nlink: st.nlink.min(u32::MAX as u64) as u32,
+        uid: st.uid,
+        gid: st.gid,
+        rdev: encode_dev(st.rdev),
+        blksize: st.blksize,
+        flags: 0,
+    }
+}
+
+impl LayerFs {
+    fn reply_entry(&self, reply: ReplyEntry, r: Result<Stat, Errno>) {
+        match r {
+            Ok(st) => reply.entry(&self.opts.timeout, &to_attr(&st), Generation(0)),
+            Err(Errno::ENOENT) => {
+                // A negative entry: the kernel caches the absence.
+                let attr = FileAttr {
+                    ino: INodeNo(0),
+                    size: 0,
+                    blocks: 0,
+                    atime: UNIX_EPOCH,
+                    mtime: UNIX_EPOCH,
+                    ctime: UNIX_EPOCH,
+                    crtime: UNIX_EPOCH,
+                    kind: FileType::RegularFile,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 0,
+                    flags: 0,
+                };
+                reply.entry(&self.opts.timeout, &attr, Generation(0))
+            }
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn release_backing(&self, fh: u64) {
+        if let Some((_, ino)) = self.pt_handles.remove(&fh) {
+            self.backing.remove_if_mut(&ino, |_, (_, count)| {
+                *count = count.saturating_sub(1);
+                *count == 0
+            });
+        }
+    }
+}
+
+impl fuser::Filesystem for LayerFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Capabilities are all-or-nothing per call: add them one at a time.
+        let wanted = [
+            ("parallel dirops", InitFlags::FUSE_PARALLEL_DIROPS),
+            ("cache symlinks", InitFlags::FUSE_CACHE_SYMLINKS),
+            ("atomic O_TRUNC", InitFlags::FUSE_ATOMIC_O_TRUNC),
+        ];
+        for (what, flag) in wanted {
+            if config.add_capabilities(flag).is_err() {
+                info!("kernel does not offer {what}");
+            }
+        }
+        if self.passthrough.load(Ordering::Relaxed) {
+            if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+                let _ = config.set_max_stack_depth(1);
+            } else {
+                info!("kernel does not offer passthrough");
+                self.passthrough.store(false, Ordering::Relaxed);
+            }
+        }
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self.ov.lookup(Ino(parent.0), name.as_bytes());
+        if let Err(e) = &r {
+            if *e != Errno::ENOENT {
+                debug!("lookup {parent:?}/{name:?}: {e}");
+            }
+        }
+        self.reply_entry(reply, r);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ov.forget(Ino(ino.0), nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.ov.getattr(Ino(ino.0)) {
+            Ok(st) => reply.attr(&self.opts.timeout, &to_attr(&st)),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.ov.readlink(Ino(ino.0)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let ino = Ino(ino.0);
+        let (fh, fd) = match self.ov.open(ino, flags.0) {
+            Ok(x) => x,
+            Err(e) => return reply.error(ferr(e)),
+        };
+        if self.passthrough.load(Ordering::Relaxed) {
+            let id = match self.backing.entry(ino) {
+                dashmap::Entry::Occupied(mut o) => {
+                    o.get_mut().1 += 1;
+                    Some(o.get().0.clone())
+                }
+                dashmap::Entry::Vacant(v) => match reply.open_backing(&*fd) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        v.insert((id.clone(), 1));
+                        Some(id)
+                    }
+                    Err(e) => {
+                        warn!("passthrough unavailable ({e}); serving reads through the daemon");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                        None
+                    }
+                },
+            };
+            if let Some(id) = id {
+                self.pt_handles.insert(fh, ino);
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+            }
+        }
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.ov.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.ov.release(fh.0);
+        self.release_backing(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.ov.opendir(Ino(ino.0)) {
+            // The kernel may keep the listing in its page cache: every change
+            // to a directory goes through this mount, which makes the kernel
+            // drop that cache itself.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let h = match self.ov.handle(fh.0) {
+            Ok(h) => h,
+            Err(e) => return reply.error(ferr(e)),
+        };
+        let Handle::Dir { listing, .. } = &*h else {
+            return reply.error(FErrno::ENOTDIR);
+        };
+        for (i, item) in listing.iter().enumerate().skip(offset as usize) {
+            let full = reply.add(
+                INodeNo(item.ino.0),
+                i as u64 + 1,
+                file_type(item.kind),
+                OsStr::from_bytes(&item.name),
+            );
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.ov.release(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.ov.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.ov.getxattr(Ino(ino.0), name.as_bytes()));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.ov.listxattr(Ino(ino.0)));
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self
+            .ov
+            .access(Ino(ino.0), mask.bits(), req.uid(), req.gid())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(FErrno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(ferr(e)),
+    }
+}
+
+/// How the mount appears in the system.
+#[derive(Clone, Debug)]
+pub struct MountSpec {
+    pub mount_options: Vec<MountOption>,
+    pub allow_other: bool,
+    pub allow_root: bool,
+}
+
+/// Mounts `fs` on `mountpoint`; when this returns `Ok`, the mount is live.
+pub fn mount(fs: LayerFs, mountpoint: &Path, spec: &MountSpec) -> io::Result<Session<LayerFs>> {
+    let threads = fs.opts.threads.max(1);
+    let mut config = Config::default();
+    config.mount_options = spec.mount_options.clone();
+    config.acl = if spec.allow_other {
+        SessionACL::All
+    } else if spec.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(threads);
+    config.clone_fd = threads > 1;
+    Session::new(fs, mountpoint, &config)
+}

@@ -1,0 +1,679 @@
+//! The merged filesystem: inode table, lookups across layers, cached merged
+//! listings, reads, and extended attributes.
+//!
+//! Owns: the node table (merged inode -> where it lives), the cache of
+//! per-layer directory fds, the cache of merged listings, and open handles.
+//! Does not own: FUSE types or replies (see `crate::fuse`), option parsing.
+//!
+//! Invariants:
+//! - a node's `refs` counts the kernel's lookups plus one per child node, so a
+//!   parent outlives its children and every node can rebuild its fds;
+//! - a directory node's `layers` are the layers merged into it, top first; a
+//!   non-directory node has exactly one, the layer serving it;
+//! - every access to a layer goes through an fd relative to that layer's root,
+//!   one path component at a time with `O_NOFOLLOW`: nothing resolves a
+//!   symlink inside a layer;
+//! - no map guard or cache lock is held across a system call that can block.
+//!
+//! Lock order: `nodes` shard guards are leaves (never held while taking any
+//! other lock); `dirfds` and `listings` mutexes are leaves too.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use log::debug;
+use lru::LruCache;
+
+use super::layers::Stack;
+use super::rules::{self, EntryKind, LayerEntry, Probe, OPAQUE_MARKER, OPAQUE_XATTRS};
+use super::types::{Ino, LayerIdx};
+use crate::sys::{self, Errno, FileKind, Stat, StatFs, SysResult};
+
+/// Directory fds kept open (per layer) for lookups without path walks.
+const DIRFD_CACHE: usize = 8192;
+/// Merged listings kept in memory.
+const LISTING_CACHE: usize = 512;
+
+/// Prefixes of extended attributes that belong to the overlay machinery and
+/// are never shown through the mount.
+const HIDDEN_XATTR_PREFIXES: [&[u8]; 4] = [
+    b"trusted.overlay.",
+    b"user.overlay.",
+    b"user.fuseoverlayfs.",
+    b"user.layerfs.",
+];
+
+/// True for an xattr name that belongs to the overlay machinery.
+pub fn is_internal_xattr(name: &[u8]) -> bool {
+    HIDDEN_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+#[derive(Debug)]
+struct Node {
+    parent: Ino,
+    name: Box<[u8]>,
+    kind: FileKind,
+    layers: Box<[LayerIdx]>,
+    refs: u64,
+}
+
+/// A copy of a node's fields, taken so that no guard is held afterwards.
+struct NodeInfo {
+    parent: Ino,
+    name: Box<[u8]>,
+    kind: FileKind,
+    layers: Box<[LayerIdx]>,
+}
+
+impl NodeInfo {
+    fn top(&self) -> LayerIdx {
+        self.layers.first().copied().unwrap_or(LayerIdx(0))
+    }
+}
+
+/// One entry of a merged listing, as readdir returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirItem {
+    pub name: Box<[u8]>,
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+/// A snapshot listing held by an open directory: offsets index into it, so a
+/// listing read in chunks never repeats or skips a name.
+pub type Listing = Arc<Vec<DirItem>>;
+
+/// An open file or directory.
+#[derive(Debug)]
+pub enum Handle {
+    File { ino: Ino, fd: Arc<OwnedFd> },
+    Dir { ino: Ino, listing: Listing },
+}
+
+/// Where a node lives: an fd of its parent directory in the serving layer and
+/// its name there (empty for a layer root, in which case `fd` is the node).
+struct Loc {
+    fd: Arc<OwnedFd>,
+    name: CString,
+}
+
+impl Loc {
+    fn stat(&self) -> SysResult<Stat> {
+        sys::fstatat(self.fd.as_fd(), &self.name)
+    }
+    fn proc_path(&self) -> CString {
+        sys::proc_fd_path(self.fd.as_fd(), Some(&self.name))
+    }
+}
+
+/// The merged view of a stack of layers.
+pub struct Overlay {
+    stack: Stack,
+    nodes: DashMap<Ino, Node>,
+    dirfds: Mutex<LruCache<(Ino, LayerIdx), Arc<OwnedFd>>>,
+    listings: Mutex<LruCache<Ino, Listing>>,
+    handles: DashMap<u64, Arc<Handle>>,
+    next_fh: AtomicU64,
+}
+
+impl Overlay {
+    pub fn new(stack: Stack) -> Overlay {
+        let nodes = DashMap::new();
+        nodes.insert(
+            Ino::ROOT,
+            Node {
+                parent: Ino::ROOT,
+                name: Box::new([]),
+                kind: FileKind::Dir,
+                layers: stack.all().into_boxed_slice(),
+                refs: 1,
+            },
+        );
+        let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        Overlay {
+            stack,
+            nodes,
+            dirfds: Mutex::new(LruCache::new(cap(DIRFD_CACHE))),
+            listings: Mutex::new(LruCache::new(cap(LISTING_CACHE))),
+            handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    pub fn writable(&self) -> bool {
+        self.stack.writable()
+    }
+
+    /// Number of inodes currently known (for tests and statistics).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn layer_root(&self, layer: LayerIdx) -> SysResult<Arc<OwnedFd>> {
+        self.stack
+            .layer(layer)
+            .map(|l| l.root.clone())
+            .ok_or(Errno::EIO)
+    }
+
+    fn map_ino(&self, layer: LayerIdx, real: u64) -> Ino {
+        let fs = self.stack.layer(layer).map(|l| l.fs).unwrap_or(0);
+        self.stack.inos.map(fs, real)
+    }
+
+    /// Copies out what an operation needs of a node, releasing the guard.
+    fn node_info(&self, ino: Ino) -> SysResult<NodeInfo> {
+        let n = self.nodes.get(&ino).ok_or(Errno::ESTALE)?;
+        Ok(NodeInfo {
+            parent: n.parent,
+            name: n.name.clone(),
+            kind: n.kind,
+            layers: n.layers.clone(),
+        })
+    }
+
+    /// An `O_PATH` fd of directory `ino` in `layer`, from the cache or opened
+    /// relative to its parent's fd in the same layer.
+    fn dir_fd(&self, ino: Ino, layer: LayerIdx) -> SysResult<Arc<OwnedFd>> {
+        if ino == Ino::ROOT {
+            return self.layer_root(layer);
+        }
+        if let Some(fd) = self.lock_dirfds().get(&(ino, layer)) {
+            return Ok(fd.clone());
+        }
+        let info = self.node_info(ino)?;
+        let pfd = self.dir_fd(info.parent, layer)?;
+        let cname = sys::cstr(OsStr::from_bytes(&info.name))?;
+        let fd = Arc::new(sys::openat(
+            pfd.as_fd(),
+            &cname,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?);
+        self.lock_dirfds().put((ino, layer), fd.clone());
+        Ok(fd)
+    }
+
+    fn lock_dirfds(&self) -> std::sync::MutexGuard<'_, LruCache<(Ino, LayerIdx), Arc<OwnedFd>>> {
+        // A panic while holding this lock cannot leave the cache inconsistent.
+        self.dirfds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_listings(&self) -> std::sync::MutexGuard<'_, LruCache<Ino, Listing>> {
+        self.listings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where node `ino` lives in its serving layer.
+    fn loc(&self, ino: Ino) -> SysResult<Loc> {
+        let info = self.node_info(ino)?;
+        let top = info.top();
+        if ino == Ino::ROOT {
+            return Ok(Loc {
+                fd: self.layer_root(top)?,
+                name: CString::default(),
+            });
+        }
+        Ok(Loc {
+            fd: self.dir_fd(info.parent, top)?,
+            name: sys::cstr(OsStr::from_bytes(&info.name))?,
+        })
+    }
+
+    /// Whether directory `name` in layer directory `dirfd` is opaque.
+    fn is_opaque(&self, dirfd: &OwnedFd, name: &CStr) -> SysResult<bool> {
+        let path = sys::proc_fd_path(dirfd.as_fd(), Some(name));
+        for x in OPAQUE_XATTRS {
+            match sys::lgetxattr(&path, x) {
+                Ok(v) if v == b"y" => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e == Errno::ENODATA || e.0 == libc::EOPNOTSUPP => {}
+                // Reading trusted.* needs CAP_SYS_ADMIN; unprivileged, it is absent.
+                Err(e) if e == Errno::EPERM || e == Errno::EACCES => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let dir = sys::openat(
+            dirfd.as_fd(),
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let marker = sys::cstr(OsStr::from_bytes(OPAQUE_MARKER))?;
+        match sys::fstatat(dir.as_fd(), &marker) {
+            Ok(_) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Looks up `name` in directory `parent`; on success the kernel holds one
+    /// more reference to the returned inode.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> SysResult<Stat> {
+        rules::check_name(name)?;
+        if rules::is_reserved_name(name) {
+            return Err(Errno::ENOENT);
+        }
+        let pinfo = self.node_info(parent)?;
+        if pinfo.kind != FileKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let cname = sys::cstr(OsStr::from_bytes(name))?;
+        let mut wh = rules::WH_PREFIX.to_vec();
+        wh.extend_from_slice(name);
+        let cwh = sys::cstr(OsStr::from_bytes(&wh))?;
+        let mut top_stat: Option<Stat> = None;
+        let resolved = rules::resolve(
+            &pinfo.layers,
+            |layer| {
+                let fd = self.dir_fd(parent, layer)?;
+                let p = match sys::fstatat(fd.as_fd(), &cname) {
+                    Ok(st) if st.is_whiteout() => Probe::Whiteout,
+                    Ok(st) => {
+                        if top_stat.is_none() {
+                            top_stat = Some(st);
+                        }
+                        if st.kind() == FileKind::Dir {
+                            Probe::Dir
+                        } else {
+                            Probe::NonDir
+                        }
+                    }
+                    Err(Errno::ENOENT) => match sys::fstatat(fd.as_fd(), &cwh) {
+                        Ok(_) => Probe::Whiteout,
+                        Err(Errno::ENOENT | Errno::ENAMETOOLONG) => Probe::Missing,
+                        Err(e) => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                };
+                Ok(p)
+            },
+            |layer| {
+                let fd = self.dir_fd(parent, layer)?;
+                self.is_opaque(&fd, &cname)
+            },
+        )?;
+        let resolved = resolved.ok_or(Errno::ENOENT)?;
+        let mut st = top_stat.ok_or(Errno::EIO)?;
+        let ino = self.map_ino(resolved.top, st.ino);
+        st.ino = ino.0;
+        let layers: Box<[LayerIdx]> = if resolved.is_dir {
+            resolved.dirs.into_boxed_slice()
+        } else {
+            Box::new([resolved.top])
+        };
+        if layers.len() > 1 {
+            st.nlink = 1;
+        }
+        self.remember(ino, parent, name, st.kind(), layers);
+        Ok(st)
+    }
+
+    /// Records one more kernel reference to `ino`, creating its node.
+    fn remember(
+        &self,
+        ino: Ino,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        layers: Box<[LayerIdx]>,
+    ) {
+        let created = {
+            let mut created = false;
+            self.nodes
+                .entry(ino)
+                .and_modify(|n| n.refs += 1)
+                .or_insert_with(|| {
+                    created = true;
+                    Node {
+                        parent,
+                        name: name.into(),
+                        kind,
+                        layers,
+                        refs: 1,
+                    }
+                });
+            created
+        };
+        if created {
+            if let Some(mut p) = self.nodes.get_mut(&parent) {
+                p.refs += 1;
+            }
+        }
+    }
+
+    /// Drops `n` kernel references to `ino`, freeing nodes that reach zero.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let mut ino = ino;
+        let mut n = n;
+        while ino != Ino::ROOT {
+            let parent = {
+                let Some(mut node) = self.nodes.get_mut(&ino) else {
+                    return;
+                };
+                node.refs = node.refs.saturating_sub(n);
+                if node.refs > 0 {
+                    return;
+                }
+                node.parent
+            };
+            // Re-check under the removal: a lookup may have raced in.
+            if self
+                .nodes
+                .remove_if(&ino, |_, node| node.refs == 0)
+                .is_none()
+            {
+                return;
+            }
+            self.forget_caches(ino);
+            ino = parent;
+            n = 1;
+        }
+    }
+
+    fn forget_caches(&self, ino: Ino) {
+        {
+            let mut fds = self.lock_dirfds();
+            for l in 0..self.stack.len() as u16 {
+                fds.pop(&(ino, LayerIdx(l)));
+            }
+        }
+        self.lock_listings().pop(&ino);
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> SysResult<Stat> {
+        let layers = self.node_info(ino)?.layers;
+        let loc = self.loc(ino)?;
+        let mut st = loc.stat()?;
+        if ino != Ino::ROOT {
+            st.ino = ino.0;
+        } else {
+            st.ino = self.map_ino(layers[0], st.ino).0;
+        }
+        if layers.len() > 1 {
+            st.nlink = 1;
+        }
+        Ok(st)
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: Ino) -> SysResult<Vec<u8>> {
+        let loc = self.loc(ino)?;
+        sys::readlinkat(loc.fd.as_fd(), &loc.name)
+    }
+
+    fn new_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn handle(&self, fh: u64) -> SysResult<Arc<Handle>> {
+        self.handles.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
+    }
+
+    /// Opens file `ino`; returns the handle and the backing fd.
+    pub fn open(&self, ino: Ino, flags: i32) -> SysResult<(u64, Arc<OwnedFd>)> {
+        let acc = flags & libc::O_ACCMODE;
+        if !self.writable() && (acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0) {
+            return Err(Errno::EROFS);
+        }
+        let wants_write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        // Lower layers are never written: a lower file must be copied up first.
+        if wants_write && self.node_info(ino)?.top() != LayerIdx(0) {
+            return Err(Errno::EROFS);
+        }
+        let loc = self.loc(ino)?;
+        if loc.name.is_empty() {
+            return Err(Errno::EISDIR);
+        }
+        let keep = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_NONBLOCK
+            | libc::O_DIRECT
+            | libc::O_NOATIME
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_TRUNC;
+        let fd = Arc::new(sys::openat(
+            loc.fd.as_fd(),
+            &loc.name,
+            (flags & keep) | libc::O_NOFOLLOW,
+            0,
+        )?);
+        let fh = self.new_handle(Handle::File {
+            ino,
+            fd: fd.clone(),
+        });
+        Ok((fh, fd))
+    }
+
+    /// Reads up to `size` bytes at `offset` from an open file.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let Handle::File { fd, .. } = &*h else {
+            return Err(Errno::EISDIR);
+        };
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::pread(fd.as_fd(), &mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Closes a file or directory handle.
+    pub fn release(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles.remove(&fh).map(|(_, h)| h)
+    }
+
+    /// Opens directory `ino`, taking a snapshot of its merged listing.
+    pub fn opendir(&self, ino: Ino) -> SysResult<u64> {
+        let listing = self.listing(ino)?;
+        Ok(self.new_handle(Handle::Dir { ino, listing }))
+    }
+
+    /// The merged listing of `ino`, with `.` and `..` first.
+    fn listing(&self, ino: Ino) -> SysResult<Listing> {
+        if let Some(l) = self.lock_listings().get(&ino) {
+            return Ok(l.clone());
+        }
+        let NodeInfo {
+            parent,
+            kind,
+            layers,
+            ..
+        } = self.node_info(ino)?;
+        if kind != FileKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let mut per_layer = Vec::with_capacity(layers.len());
+        for &layer in layers.iter() {
+            let fd = self.dir_fd(ino, layer)?;
+            let rd = sys::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let raw = sys::read_dir(rd.as_fd())?;
+            let mut entries = Vec::with_capacity(raw.len());
+            for e in raw {
+                let kind = match FileKind::from_dtype(e.dtype) {
+                    Some(FileKind::CharDev) | None => {
+                        let cname = sys::cstr(OsStr::from_bytes(&e.name))?;
+                        match sys::fstatat(rd.as_fd(), &cname) {
+                            Ok(st) if st.is_whiteout() => EntryKind::Whiteout,
+                            Ok(st) => EntryKind::File(st.kind()),
+                            // Vanished between getdents and stat.
+                            Err(Errno::ENOENT) => continue,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Some(k) => EntryKind::File(k),
+                };
+                entries.push(LayerEntry {
+                    name: e.name,
+                    ino: e.ino,
+                    kind,
+                });
+            }
+            per_layer.push((layer, entries));
+        }
+        let merged = rules::merge_listing(per_layer);
+        let mut items = Vec::with_capacity(merged.len() + 2);
+        items.push(DirItem {
+            name: (*b".").into(),
+            ino,
+            kind: FileKind::Dir,
+        });
+        items.push(DirItem {
+            name: (*b"..").into(),
+            ino: parent,
+            kind: FileKind::Dir,
+        });
+        for m in merged {
+            items.push(DirItem {
+                ino: self.map_ino(m.layer, m.ino),
+                name: m.name.into_boxed_slice(),
+                kind: m.kind,
+            });
+        }
+        let listing = Arc::new(items);
+        debug!("listing of {ino}: {} entries", listing.len());
+        self.lock_listings().put(ino, listing.clone());
+        Ok(listing)
+    }
+
+    /// Drops the cached listing of `ino` (after a change in it).
+    pub fn invalidate_listing(&self, ino: Ino) {
+        self.lock_listings().pop(&ino);
+    }
+
+    /// The value of extended attribute `name` of `ino`.
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> SysResult<Vec<u8>> {
+        if is_internal_xattr(name) {
+            return Err(Errno::ENODATA);
+        }
+        let loc = self.loc(ino)?;
+        let cname = sys::cstr(OsStr::from_bytes(name))?;
+        sys::lgetxattr(&loc.proc_path(), &cname)
+    }
+
+    /// The names of `ino`'s extended attributes, NUL-separated, without the
+    /// internal ones.
+    pub fn listxattr(&self, ino: Ino) -> SysResult<Vec<u8>> {
+        let loc = self.loc(ino)?;
+        let raw = sys::llistxattr(&loc.proc_path())?;
+        let mut out = Vec::with_capacity(raw.len());
+        for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !is_internal_xattr(n) {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Filesystem statistics: those of the upper layer, else of the top layer.
+    pub fn statfs(&self) -> SysResult<StatFs> {
+        let root = self.layer_root(LayerIdx(0))?;
+        let mut st = sys::fstatfs(root.as_fd())?;
+        st.namelen = rules::NAME_MAX as u32;
+        Ok(st)
+    }
+
+    /// Permission check for `access(2)` when the kernel does not check itself
+    /// (no `default_permissions`).
+    pub fn access(&self, ino: Ino, mask: i32, uid: u32, gid: u32) -> SysResult<()> {
+        let st = self.getattr(ino)?;
+        if mask & libc::W_OK != 0 && !self.writable() {
+            return Err(Errno::EROFS);
+        }
+        if may_access(&st, mask, uid, gid) {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
+    }
+}
+
+/// The classic Unix permission check of `mask` (R_OK/W_OK/X_OK bits) for a
+/// caller with `uid`/`gid` on a file with `st`'s mode and owner.
+pub fn may_access(st: &Stat, mask: i32, uid: u32, gid: u32) -> bool {
+    let mask = (mask & 7) as u32;
+    if mask == 0 {
+        return true;
+    }
+    if uid == 0 {
+        // Root may execute only if some execute bit is set (or it is a dir).
+        return mask & 1 == 0 || st.kind() == FileKind::Dir || st.mode & 0o111 != 0;
+    }
+    let bits = if st.uid == uid {
+        (st.mode >> 6) & 7
+    } else if st.gid == gid {
+        (st.mode >> 3) & 7
+    } else {
+        st.mode & 7
+    };
+    bits & mask == mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::Timespec;
+
+    fn st(mode: u32, uid: u32, gid: u32) -> Stat {
+        Stat {
+            dev: 0,
+            ino: 0,
+            mode,
+            nlink: 1,
+            uid,
+            gid,
+            rdev: 0,
+            size: 0,
+            blocks: 0,
+            blksize: 4096,
+            atime: Timespec::default(),
+            mtime: Timespec::default(),
+            ctime: Timespec::default(),
+        }
+    }
+
+    #[test]
+    fn access_table() {
+        let f = libc::S_IFREG;
+        let cases = [
+            (st(f | 0o644, 1, 1), libc::R_OK, 1, 1, true),
+            (st(f | 0o644, 1, 1), libc::W_OK, 1, 1, true),
+            (st(f | 0o644, 1, 1), libc::W_OK, 2, 1, false),
+            (st(f | 0o640, 1, 1), libc::R_OK, 2, 1, true),
+            (st(f | 0o640, 1, 1), libc::R_OK, 2, 2, false),
+            (st(f | 0o600, 1, 1), libc::R_OK | libc::W_OK, 0, 0, true),
+            (st(f | 0o644, 1, 1), libc::X_OK, 0, 0, false),
+            (st(f | 0o744, 1, 1), libc::X_OK, 0, 0, true),
+            (st(libc::S_IFDIR | 0o600, 1, 1), libc::X_OK, 0, 0, true),
+        ];
+        for (s, mask, uid, gid, want) in cases {
+            assert_eq!(
+                may_access(&s, mask, uid, gid),
+                want,
+                "{:o} {mask} {uid}",
+                s.mode
+            );
+        }
+    }
+
+    #[test]
+    fn internal_xattrs() {
+        assert!(is_internal_xattr(b"trusted.overlay.opaque"));
+        assert!(is_internal_xattr(b"user.overlay.redirect"));
+        assert!(is_internal_xattr(b"user.fuseoverlayfs.origin"));
+        assert!(!is_internal_xattr(b"user.mime_type"));
+        assert!(!is_internal_xattr(b"security.capability"));
+    }
+}

@@ -1,0 +1,19 @@
+//! The union semantics of layerfs, independent of FUSE.
+//!
+//! - [`rules`]: pure functions for whiteouts, opaque directories, lookup
+//!   resolution and listing merges (table-tested, no I/O);
+//! - [`layers`]: opening the layer stack and checking mountpoint overlap;
+//! - [`types`]: inode numbers, layer indexes, the inode-number scheme;
+//! - [`fs`]: the merged filesystem that the FUSE adapter calls.
+//!
+//! Nothing here depends on `fuser`: every operation returns a
+//! [`crate::sys::Errno`] on failure so that the adapter can reply with it.
+
+pub mod fs;
+pub mod layers;
+pub mod rules;
+pub mod types;
+
+pub use fs::{DirItem, Handle, Overlay};
+pub use layers::{Role, Stack, StackError};
+pub use types::{Ino, InoScheme, LayerIdx};
