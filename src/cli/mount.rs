@@ -17,7 +17,7 @@ use log::{error, info};
 use super::options::{Flag, MountOptions, OptionError};
 use crate::fuse::{self, FuseOptions, LayerFs, MountSpec};
 use crate::overlay::layers::{self, Overlap};
-use crate::overlay::{Overlay, Stack, StackError};
+use crate::overlay::{Overlay, Stack, StackError, UpperOptions};
 use crate::sys::{self, process};
 
 /// `layerfs mount`: the friendly spelling of the fuse-overlayfs command line.
@@ -193,9 +193,23 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
         upper.as_ref().map(|(u, w)| (u.as_path(), w.as_path())),
     )
     .map_err(MountError::Stack)?;
-    let overlay = Overlay::new(stack);
+    let upper_dir = upper.as_ref().map(|(u, _)| u.clone()).unwrap_or_default();
+    let overlay = Overlay::new(
+        stack,
+        UpperOptions {
+            volatile: o.volatile,
+            whiteout: o.whiteout,
+        },
+    )
+    .map_err(|cause| MountError::Path {
+        what: "cannot prepare the work directory for upper directory",
+        path: upper_dir,
+        cause: cause.to_io(),
+    })?;
 
     let root = sys::geteuid() == 0;
+    // Each caller's umask is applied to the modes it asks for.
+    sys::set_umask(0);
     let mut mount_options = vec![
         MountOption::FSName(
             o.fsname

@@ -10,15 +10,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// The whiteout encoding to write in the upper layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum WhiteoutMode {
-    /// Character device 0/0 when mknod allows it, else `.wh.` files.
-    #[default]
-    Auto,
-    Chardev,
-    File,
-}
+pub use crate::overlay::WhiteoutMode;
 
 /// A generic mount flag and its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

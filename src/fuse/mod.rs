@@ -14,6 +14,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,15 +23,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use fuser::{
-    AccessFlags, BackingId, Config, Errno as FErrno, FileAttr, FileHandle, FileType, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
-    Session, SessionACL,
+    AccessFlags, BackingId, BsdFileFlags, Config, CopyFileRangeFlags, Errno as FErrno, FileAttr,
+    FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    Session, SessionACL, TimeOrNow, WriteFlags,
 };
 use log::{debug, info, warn};
 
-use crate::overlay::{Handle, Ino, Overlay};
-use crate::sys::{Errno, FileKind, Stat, Timespec};
+use crate::overlay::{Caller, Handle, Ino, Overlay, SetAttr};
+use crate::sys::{Errno, FileKind, SetTime, Stat, Timespec};
 
 /// How the mount talks to the kernel.
 #[derive(Clone, Debug)]
@@ -53,12 +55,20 @@ impl Default for FuseOptions {
     }
 }
 
+/// A passthrough backing file shared by every open of one inode.
+struct Backing {
+    id: Arc<BackingId>,
+    opens: u64,
+    /// Whether it is the upper-layer file (a lower one goes stale at copy-up).
+    upper: bool,
+}
+
 /// The `fuser::Filesystem` of layerfs.
 pub struct LayerFs {
     ov: Arc<Overlay>,
     opts: FuseOptions,
     passthrough: AtomicBool,
-    backing: DashMap<Ino, (Arc<BackingId>, u64)>,
+    backing: DashMap<Ino, Backing>,
     /// Open handles that use a passthrough backing file, by handle.
     pt_handles: DashMap<u64, Ino>,
 }
@@ -157,13 +167,70 @@ impl LayerFs {
         }
     }
 
+    fn reply_new(&self, reply: ReplyEntry, r: Result<Stat, Errno>) {
+        match r {
+            Ok(st) => reply.entry(&self.opts.timeout, &to_attr(&st), Generation(0)),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
     fn release_backing(&self, fh: u64) {
         if let Some((_, ino)) = self.pt_handles.remove(&fh) {
-            self.backing.remove_if_mut(&ino, |_, (_, count)| {
-                *count = count.saturating_sub(1);
-                *count == 0
+            self.backing.remove_if_mut(&ino, |_, b| {
+                b.opens = b.opens.saturating_sub(1);
+                b.opens == 0
             });
         }
+    }
+
+    /// Chooses how an open file is served. With passthrough, every open of
+    /// an inode shares one backing file; an open that needs a different file
+    /// than the shared one (the upper copy while a lower copy is still open)
+    /// gets the shared id with DIRECT_IO, so its I/O comes to the daemon,
+    /// which serves it from its own fd.
+    fn open_mode<'a>(
+        &self,
+        ino: Ino,
+        fh: u64,
+        fd: &OwnedFd,
+        upper: bool,
+        open_backing: impl FnOnce(&OwnedFd) -> io::Result<BackingId> + 'a,
+    ) -> Option<(Arc<BackingId>, FopenFlags)> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = match self.backing.entry(ino) {
+            dashmap::Entry::Occupied(mut o) => {
+                let b = o.get_mut();
+                b.opens += 1;
+                let flags = if b.upper == upper {
+                    FopenFlags::empty()
+                } else {
+                    FopenFlags::FOPEN_DIRECT_IO
+                };
+                Some((b.id.clone(), flags))
+            }
+            dashmap::Entry::Vacant(v) => match open_backing(fd) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    v.insert(Backing {
+                        id: id.clone(),
+                        opens: 1,
+                        upper,
+                    });
+                    Some((id, FopenFlags::empty()))
+                }
+                Err(e) => {
+                    warn!("passthrough unavailable ({e}); serving I/O through the daemon");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    None
+                }
+            },
+        };
+        if r.is_some() {
+            self.pt_handles.insert(fh, ino);
+        }
+        r
     }
 }
 
@@ -206,8 +273,8 @@ impl fuser::Filesystem for LayerFs {
         self.ov.forget(Ino(ino.0), nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.ov.getattr(Ino(ino.0)) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.ov.getattr_fh(Ino(ino.0), fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.opts.timeout, &to_attr(&st)),
             Err(e) => reply.error(ferr(e)),
         }
@@ -222,35 +289,14 @@ impl fuser::Filesystem for LayerFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let ino = Ino(ino.0);
-        let (fh, fd) = match self.ov.open(ino, flags.0) {
+        let (fh, fd, upper) = match self.ov.open(ino, flags.0) {
             Ok(x) => x,
             Err(e) => return reply.error(ferr(e)),
         };
-        if self.passthrough.load(Ordering::Relaxed) {
-            let id = match self.backing.entry(ino) {
-                dashmap::Entry::Occupied(mut o) => {
-                    o.get_mut().1 += 1;
-                    Some(o.get().0.clone())
-                }
-                dashmap::Entry::Vacant(v) => match reply.open_backing(&*fd) {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        v.insert((id.clone(), 1));
-                        Some(id)
-                    }
-                    Err(e) => {
-                        warn!("passthrough unavailable ({e}); serving reads through the daemon");
-                        self.passthrough.store(false, Ordering::Relaxed);
-                        None
-                    }
-                },
-            };
-            if let Some(id) = id {
-                self.pt_handles.insert(fh, ino);
-                return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-            }
+        match self.open_mode(ino, fh, &fd, upper, |fd| reply.open_backing(fd)) {
+            Some((id, flags)) => reply.opened_passthrough(FileHandle(fh), flags, &id),
+            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
         }
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
@@ -350,6 +396,278 @@ impl fuser::Filesystem for LayerFs {
         reply.ok();
     }
 
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        match self.ov.setattr(Ino(ino.0), a, fh.map(|f| f.0)) {
+            Ok(st) => reply.attr(&self.opts.timeout, &to_attr(&st)),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let c = caller(req, umask);
+        let rdev = libc::makedev(
+            (rdev >> 8) & 0xfff,
+            (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
+        );
+        let r = self.ov.mknod(Ino(parent.0), name.as_bytes(), mode, rdev, c);
+        self.reply_new(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .ov
+            .mkdir(Ino(parent.0), name.as_bytes(), mode, caller(req, umask));
+        self.reply_new(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.ov.unlink(Ino(parent.0), name.as_bytes()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.ov.rmdir(Ino(parent.0), name.as_bytes()));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.ov.symlink(
+            Ino(parent.0),
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+            caller(req, 0),
+        );
+        self.reply_new(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.ov.rename(
+            Ino(parent.0),
+            name.as_bytes(),
+            Ino(newparent.0),
+            newname.as_bytes(),
+            flags.bits(),
+        );
+        reply_empty(reply, r);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .ov
+            .link(Ino(ino.0), Ino(newparent.0), newname.as_bytes());
+        self.reply_new(reply, r);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let c = caller(req, umask);
+        let (st, fh, fd) = match self
+            .ov
+            .create(Ino(parent.0), name.as_bytes(), mode, flags, c)
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(ferr(e)),
+        };
+        let attr = to_attr(&st);
+        let ino = Ino(st.ino);
+        match self.open_mode(ino, fh, &fd, true, |fd| reply.open_backing(fd)) {
+            Some((id, fl)) => reply.created_passthrough(
+                &self.opts.timeout,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                fl,
+                &id,
+            ),
+            None => reply.created(
+                &self.opts.timeout,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.ov.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.ov.fsync(fh.0, datasync));
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.ov.setxattr(Ino(ino.0), name.as_bytes(), value, flags);
+        reply_empty(reply, r);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.ov.removexattr(Ino(ino.0), name.as_bytes()));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.ov.fallocate(fh.0, mode, offset, length));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.ov.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .ov
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(ferr(e)),
+        }
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.ov.statfs() {
             Ok(s) => reply.statfs(
@@ -375,6 +693,45 @@ impl fuser::Filesystem for LayerFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(ferr(e)),
         }
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(ferr(e)),
+    }
+}
+
+fn caller(req: &Request, umask: u32) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        umask,
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => SetTime::At(match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (sec, nsec) = if d.subsec_nanos() == 0 {
+                    (-(d.as_secs() as i64), 0)
+                } else {
+                    (
+                        -(d.as_secs() as i64) - 1,
+                        1_000_000_000 - d.subsec_nanos() as i64,
+                    )
+                };
+                Timespec { sec, nsec }
+            }
+        }),
     }
 }
 

@@ -54,24 +54,24 @@ pub fn is_internal_xattr(name: &[u8]) -> bool {
 }
 
 #[derive(Debug)]
-struct Node {
-    parent: Ino,
-    name: Box<[u8]>,
-    kind: FileKind,
-    layers: Box<[LayerIdx]>,
-    refs: u64,
+pub(super) struct Node {
+    pub(super) parent: Ino,
+    pub(super) name: Box<[u8]>,
+    pub(super) kind: FileKind,
+    pub(super) layers: Box<[LayerIdx]>,
+    pub(super) refs: u64,
 }
 
 /// A copy of a node's fields, taken so that no guard is held afterwards.
-struct NodeInfo {
-    parent: Ino,
-    name: Box<[u8]>,
-    kind: FileKind,
-    layers: Box<[LayerIdx]>,
+pub(super) struct NodeInfo {
+    pub(super) parent: Ino,
+    pub(super) name: Box<[u8]>,
+    pub(super) kind: FileKind,
+    pub(super) layers: Box<[LayerIdx]>,
 }
 
 impl NodeInfo {
-    fn top(&self) -> LayerIdx {
+    pub(super) fn top(&self) -> LayerIdx {
         self.layers.first().copied().unwrap_or(LayerIdx(0))
     }
 }
@@ -97,32 +97,60 @@ pub enum Handle {
 
 /// Where a node lives: an fd of its parent directory in the serving layer and
 /// its name there (empty for a layer root, in which case `fd` is the node).
-struct Loc {
-    fd: Arc<OwnedFd>,
-    name: CString,
+pub(super) struct Loc {
+    pub(super) fd: Arc<OwnedFd>,
+    pub(super) name: CString,
 }
 
 impl Loc {
-    fn stat(&self) -> SysResult<Stat> {
+    pub(super) fn stat(&self) -> SysResult<Stat> {
         sys::fstatat(self.fd.as_fd(), &self.name)
     }
-    fn proc_path(&self) -> CString {
+    pub(super) fn proc_path(&self) -> CString {
         sys::proc_fd_path(self.fd.as_fd(), Some(&self.name))
     }
 }
 
 /// The merged view of a stack of layers.
 pub struct Overlay {
-    stack: Stack,
-    nodes: DashMap<Ino, Node>,
+    pub(super) stack: Stack,
+    pub(super) nodes: DashMap<Ino, Node>,
     dirfds: Mutex<LruCache<(Ino, LayerIdx), Arc<OwnedFd>>>,
     listings: Mutex<LruCache<Ino, Listing>>,
     handles: DashMap<u64, Arc<Handle>>,
     next_fh: AtomicU64,
+    /// Upper-layer inode number -> the merged inode it was copied up for, so
+    /// that a file keeps its inode number across copy-up.
+    pub(super) origins: DashMap<u64, Ino>,
+    /// The writable side; `None` for a read-only mount.
+    pub(super) upper: Option<super::write::Upper>,
+}
+
+/// The found object of a name lookup, before the kernel is told about it.
+pub(super) struct Found {
+    pub(super) ino: Ino,
+    pub(super) stat: Stat,
+    pub(super) layers: Box<[LayerIdx]>,
+}
+
+impl Found {
+    pub(super) fn in_upper(&self) -> bool {
+        self.layers.first() == Some(&LayerIdx(0))
+    }
+    pub(super) fn is_dir(&self) -> bool {
+        self.stat.kind() == FileKind::Dir
+    }
 }
 
 impl Overlay {
-    pub fn new(stack: Stack) -> Overlay {
+    /// Builds the merged view; a writable stack also gets its work directory
+    /// cleaned and its whiteout and xattr encodings chosen.
+    pub fn new(stack: Stack, opts: super::write::UpperOptions) -> SysResult<Overlay> {
+        let upper = if stack.writable() {
+            Some(super::write::Upper::prepare(&stack, opts)?)
+        } else {
+            None
+        };
         let nodes = DashMap::new();
         nodes.insert(
             Ino::ROOT,
@@ -135,14 +163,16 @@ impl Overlay {
             },
         );
         let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
-        Overlay {
+        Ok(Overlay {
             stack,
             nodes,
             dirfds: Mutex::new(LruCache::new(cap(DIRFD_CACHE))),
             listings: Mutex::new(LruCache::new(cap(LISTING_CACHE))),
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
-        }
+            origins: DashMap::new(),
+            upper,
+        })
     }
 
     pub fn stack(&self) -> &Stack {
@@ -150,7 +180,7 @@ impl Overlay {
     }
 
     pub fn writable(&self) -> bool {
-        self.stack.writable()
+        self.upper.is_some()
     }
 
     /// Number of inodes currently known (for tests and statistics).
@@ -158,20 +188,25 @@ impl Overlay {
         self.nodes.len()
     }
 
-    fn layer_root(&self, layer: LayerIdx) -> SysResult<Arc<OwnedFd>> {
+    pub(super) fn layer_root(&self, layer: LayerIdx) -> SysResult<Arc<OwnedFd>> {
         self.stack
             .layer(layer)
             .map(|l| l.root.clone())
             .ok_or(Errno::EIO)
     }
 
-    fn map_ino(&self, layer: LayerIdx, real: u64) -> Ino {
+    pub(super) fn map_ino(&self, layer: LayerIdx, real: u64) -> Ino {
+        if layer == LayerIdx(0) && self.upper.is_some() {
+            if let Some(o) = self.origins.get(&real) {
+                return *o;
+            }
+        }
         let fs = self.stack.layer(layer).map(|l| l.fs).unwrap_or(0);
         self.stack.inos.map(fs, real)
     }
 
     /// Copies out what an operation needs of a node, releasing the guard.
-    fn node_info(&self, ino: Ino) -> SysResult<NodeInfo> {
+    pub(super) fn node_info(&self, ino: Ino) -> SysResult<NodeInfo> {
         let n = self.nodes.get(&ino).ok_or(Errno::ESTALE)?;
         Ok(NodeInfo {
             parent: n.parent,
@@ -183,7 +218,7 @@ impl Overlay {
 
     /// An `O_PATH` fd of directory `ino` in `layer`, from the cache or opened
     /// relative to its parent's fd in the same layer.
-    fn dir_fd(&self, ino: Ino, layer: LayerIdx) -> SysResult<Arc<OwnedFd>> {
+    pub(super) fn dir_fd(&self, ino: Ino, layer: LayerIdx) -> SysResult<Arc<OwnedFd>> {
         if ino == Ino::ROOT {
             return self.layer_root(layer);
         }
@@ -213,7 +248,7 @@ impl Overlay {
     }
 
     /// Where node `ino` lives in its serving layer.
-    fn loc(&self, ino: Ino) -> SysResult<Loc> {
+    pub(super) fn loc(&self, ino: Ino) -> SysResult<Loc> {
         let info = self.node_info(ino)?;
         let top = info.top();
         if ino == Ino::ROOT {
@@ -229,7 +264,7 @@ impl Overlay {
     }
 
     /// Whether directory `name` in layer directory `dirfd` is opaque.
-    fn is_opaque(&self, dirfd: &OwnedFd, name: &CStr) -> SysResult<bool> {
+    pub(super) fn is_opaque(&self, dirfd: &OwnedFd, name: &CStr) -> SysResult<bool> {
         let path = sys::proc_fd_path(dirfd.as_fd(), Some(name));
         for x in OPAQUE_XATTRS {
             match sys::lgetxattr(&path, x) {
@@ -262,17 +297,36 @@ impl Overlay {
         if rules::is_reserved_name(name) {
             return Err(Errno::ENOENT);
         }
+        let found = self.resolve_name(parent, name)?.ok_or(Errno::ENOENT)?;
+        let kind = found.stat.kind();
+        self.remember(found.ino, parent, name, kind, found.layers);
+        Ok(found.stat)
+    }
+
+    /// Resolves `name` in `parent` across the parent's layers, without
+    /// recording anything. The returned stat carries the merged inode number.
+    pub(super) fn resolve_name(&self, parent: Ino, name: &[u8]) -> SysResult<Option<Found>> {
         let pinfo = self.node_info(parent)?;
         if pinfo.kind != FileKind::Dir {
             return Err(Errno::ENOTDIR);
         }
+        self.resolve_in(parent, &pinfo.layers, name)
+    }
+
+    /// Resolves `name` in directory `parent`, looking only at `layers`.
+    pub(super) fn resolve_in(
+        &self,
+        parent: Ino,
+        layers: &[LayerIdx],
+        name: &[u8],
+    ) -> SysResult<Option<Found>> {
         let cname = sys::cstr(OsStr::from_bytes(name))?;
         let mut wh = rules::WH_PREFIX.to_vec();
         wh.extend_from_slice(name);
         let cwh = sys::cstr(OsStr::from_bytes(&wh))?;
         let mut top_stat: Option<Stat> = None;
         let resolved = rules::resolve(
-            &pinfo.layers,
+            layers,
             |layer| {
                 let fd = self.dir_fd(parent, layer)?;
                 let p = match sys::fstatat(fd.as_fd(), &cname) {
@@ -298,10 +352,19 @@ impl Overlay {
             },
             |layer| {
                 let fd = self.dir_fd(parent, layer)?;
+                // A `.wh.NAME` beside a directory NAME hides the layers below
+                // it, like an opaque marker.
+                match sys::fstatat(fd.as_fd(), &cwh) {
+                    Ok(_) => return Ok(true),
+                    Err(Errno::ENOENT | Errno::ENAMETOOLONG) => {}
+                    Err(e) => return Err(e),
+                }
                 self.is_opaque(&fd, &cname)
             },
         )?;
-        let resolved = resolved.ok_or(Errno::ENOENT)?;
+        let Some(resolved) = resolved else {
+            return Ok(None);
+        };
         let mut st = top_stat.ok_or(Errno::EIO)?;
         let ino = self.map_ino(resolved.top, st.ino);
         st.ino = ino.0;
@@ -313,12 +376,17 @@ impl Overlay {
         if layers.len() > 1 {
             st.nlink = 1;
         }
-        self.remember(ino, parent, name, st.kind(), layers);
-        Ok(st)
+        Ok(Some(Found {
+            ino,
+            stat: st,
+            layers,
+        }))
     }
 
-    /// Records one more kernel reference to `ino`, creating its node.
-    fn remember(
+    /// Records one more kernel reference to `ino`, creating its node. An
+    /// existing node moves to this name: for hard links the most recently
+    /// resolved name is the one known to exist.
+    pub(super) fn remember(
         &self,
         ino: Ino,
         parent: Ino,
@@ -326,27 +394,65 @@ impl Overlay {
         kind: FileKind,
         layers: Box<[LayerIdx]>,
     ) {
-        let created = {
-            let mut created = false;
-            self.nodes
-                .entry(ino)
-                .and_modify(|n| n.refs += 1)
-                .or_insert_with(|| {
-                    created = true;
-                    Node {
-                        parent,
-                        name: name.into(),
-                        kind,
-                        layers,
-                        refs: 1,
-                    }
-                });
-            created
-        };
-        if created {
+        let mut old_parent = None;
+        let mut created = false;
+        self.nodes
+            .entry(ino)
+            .and_modify(|n| {
+                n.refs += 1;
+                if n.parent != parent || *n.name != *name {
+                    old_parent = Some(n.parent);
+                    n.parent = parent;
+                    n.name = name.into();
+                }
+                if kind == FileKind::Dir {
+                    n.layers = layers.clone();
+                }
+            })
+            .or_insert_with(|| {
+                created = true;
+                Node {
+                    parent,
+                    name: name.into(),
+                    kind,
+                    layers,
+                    refs: 1,
+                }
+            });
+        if created || old_parent.is_some() {
             if let Some(mut p) = self.nodes.get_mut(&parent) {
                 p.refs += 1;
             }
+        }
+        if let Some(old) = old_parent {
+            self.forget(old, 1);
+        }
+    }
+
+    /// Moves node `ino` to `parent`/`name` after a rename, keeping the
+    /// child references of both parents right.
+    pub(super) fn move_node(&self, ino: Ino, parent: Ino, name: &[u8]) {
+        let old_parent = match self.nodes.get_mut(&ino) {
+            Some(mut n) => {
+                let old = n.parent;
+                n.parent = parent;
+                n.name = name.into();
+                old
+            }
+            None => return,
+        };
+        if old_parent != parent {
+            if let Some(mut p) = self.nodes.get_mut(&parent) {
+                p.refs += 1;
+            }
+            self.forget(old_parent, 1);
+        }
+    }
+
+    /// Sets the layers of node `ino` (after a copy-up).
+    pub(super) fn set_layers(&self, ino: Ino, layers: Box<[LayerIdx]>) {
+        if let Some(mut n) = self.nodes.get_mut(&ino) {
+            n.layers = layers;
         }
     }
 
@@ -389,6 +495,21 @@ impl Overlay {
         self.lock_listings().pop(&ino);
     }
 
+    /// The attributes of `ino`, from an open handle when there is one (which
+    /// also works for an open file whose name is gone).
+    pub fn getattr_fh(&self, ino: Ino, fh: Option<u64>) -> SysResult<Stat> {
+        if let Some(fh) = fh {
+            if let Ok(h) = self.handle(fh) {
+                if let Handle::File { fd, .. } = &*h {
+                    let mut st = sys::fstat(fd.as_fd())?;
+                    st.ino = ino.0;
+                    return Ok(st);
+                }
+            }
+        }
+        self.getattr(ino)
+    }
+
     /// The attributes of `ino`.
     pub fn getattr(&self, ino: Ino) -> SysResult<Stat> {
         let layers = self.node_info(ino)?.layers;
@@ -421,17 +542,20 @@ impl Overlay {
         self.handles.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
     }
 
-    /// Opens file `ino`; returns the handle and the backing fd.
-    pub fn open(&self, ino: Ino, flags: i32) -> SysResult<(u64, Arc<OwnedFd>)> {
+    /// Opens file `ino`; returns the handle, the fd, and whether the fd is
+    /// in the upper layer. Opening for writing copies a lower file up first.
+    pub fn open(&self, ino: Ino, flags: i32) -> SysResult<(u64, Arc<OwnedFd>, bool)> {
         let acc = flags & libc::O_ACCMODE;
-        if !self.writable() && (acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0) {
-            return Err(Errno::EROFS);
-        }
         let wants_write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        // Lower layers are never written: a lower file must be copied up first.
-        if wants_write && self.node_info(ino)?.top() != LayerIdx(0) {
-            return Err(Errno::EROFS);
+        if wants_write {
+            if !self.writable() {
+                return Err(Errno::EROFS);
+            }
+            // Lower layers are never written: copy up first. With O_TRUNC
+            // the data would be thrown away, so only metadata is copied.
+            self.copy_up(ino, flags & libc::O_TRUNC == 0)?;
         }
+        let in_upper = self.writable() && self.node_info(ino)?.top() == LayerIdx(0);
         let loc = self.loc(ino)?;
         if loc.name.is_empty() {
             return Err(Errno::EISDIR);
@@ -454,7 +578,12 @@ impl Overlay {
             ino,
             fd: fd.clone(),
         });
-        Ok((fh, fd))
+        Ok((fh, fd, in_upper))
+    }
+
+    /// Registers an fd opened by `create` as a handle.
+    pub(super) fn add_file_handle(&self, ino: Ino, fd: Arc<OwnedFd>) -> u64 {
+        self.new_handle(Handle::File { ino, fd })
     }
 
     /// Reads up to `size` bytes at `offset` from an open file.
@@ -485,6 +614,13 @@ impl Overlay {
         if let Some(l) = self.lock_listings().get(&ino) {
             return Ok(l.clone());
         }
+        let listing = self.read_listing(ino)?;
+        self.lock_listings().put(ino, listing.clone());
+        Ok(listing)
+    }
+
+    /// Reads the merged listing of `ino` from the layers, bypassing the cache.
+    pub(super) fn read_listing(&self, ino: Ino) -> SysResult<Listing> {
         let NodeInfo {
             parent,
             kind,
@@ -543,7 +679,6 @@ impl Overlay {
         }
         let listing = Arc::new(items);
         debug!("listing of {ino}: {} entries", listing.len());
-        self.lock_listings().put(ino, listing.clone());
         Ok(listing)
     }
 

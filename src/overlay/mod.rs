@@ -13,7 +13,9 @@ pub mod fs;
 pub mod layers;
 pub mod rules;
 pub mod types;
+pub mod write;
 
 pub use fs::{DirItem, Handle, Overlay};
 pub use layers::{Role, Stack, StackError};
 pub use types::{Ino, InoScheme, LayerIdx};
+pub use write::{Caller, SetAttr, UpperOptions, WhiteoutMode};

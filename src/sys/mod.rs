@@ -495,6 +495,221 @@ pub fn faccessat(dirfd: BorrowedFd<'_>, name: &CStr, mode: i32) -> SysResult<()>
     Ok(())
 }
 
+/// `mkdirat(dirfd, name, mode)`.
+pub fn mkdirat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::mkdirat(dirfd.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// `mknodat(dirfd, name, mode, rdev)`.
+pub fn mknodat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> SysResult<()> {
+    // SAFETY: valid fd and C string.
+    check(unsafe {
+        libc::mknodat(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            mode as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `symlinkat(target, dirfd, name)`.
+pub fn symlinkat(target: &CStr, dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    // SAFETY: valid fd and C strings.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dirfd.as_raw_fd(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink.
+pub fn linkat(
+    olddir: BorrowedFd<'_>,
+    oldname: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+) -> SysResult<()> {
+    // SAFETY: valid fds and C strings.
+    check(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// `renameat2(olddir, oldname, newdir, newname, flags)`.
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    oldname: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+    flags: u32,
+) -> SysResult<()> {
+    // SAFETY: valid fds and C strings.
+    check(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+/// `unlinkat(dirfd, name, flags)`; `AT_REMOVEDIR` removes a directory.
+pub fn unlinkat(dirfd: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<()> {
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// `fchownat(dirfd, name, uid, gid, AT_SYMLINK_NOFOLLOW)`; an empty name
+/// changes `dirfd` itself. `u32::MAX` leaves an id unchanged.
+pub fn fchownat(dirfd: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: valid fd and C string.
+    check(unsafe { libc::fchownat(dirfd.as_raw_fd(), name.as_ptr(), uid, gid, flags) })?;
+    Ok(())
+}
+
+/// `chmod` of `name` in `dirfd` (symlinks have no mode of their own; callers
+/// do not chmod them). Goes through /proc so `O_PATH` fds work.
+pub fn fchmodat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
+    let path = proc_fd_path(dirfd, Some(name));
+    // SAFETY: valid C string.
+    check(unsafe { libc::chmod(path.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// A time to set: a value, now, or unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    Omit,
+    Now,
+    At(Timespec),
+}
+
+fn to_timespec(t: SetTime) -> libc::timespec {
+    match t {
+        SetTime::Omit => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        SetTime::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        SetTime::At(t) => libc::timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec,
+        },
+    }
+}
+
+/// `utimensat(dirfd, name, [atime, mtime], AT_SYMLINK_NOFOLLOW)`; an empty
+/// name sets `dirfd` itself.
+pub fn utimensat(
+    dirfd: BorrowedFd<'_>,
+    name: &CStr,
+    atime: SetTime,
+    mtime: SetTime,
+) -> SysResult<()> {
+    let ts = [to_timespec(atime), to_timespec(mtime)];
+    let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+    if name.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: valid fd, C string and a two-element timespec array.
+    check(unsafe { libc::utimensat(dirfd.as_raw_fd(), name.as_ptr(), ts.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// `ftruncate(fd, size)`.
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) })?;
+    Ok(())
+}
+
+/// `fsync` or `fdatasync`.
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
+    // SAFETY: plain syscalls on a valid fd.
+    check(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })?;
+    Ok(())
+}
+
+/// `fallocate(fd, mode, offset, len)`.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `lseek(fd, offset, whence)`.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: plain syscall on a valid fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `copy_file_range` between explicit offsets; returns bytes copied.
+pub fn copy_file_range(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: usize,
+) -> SysResult<usize> {
+    let mut so = src_off as libc::loff_t;
+    let mut d = dst_off as libc::loff_t;
+    // SAFETY: valid fds and pointers to local offsets.
+    check_size(unsafe {
+        libc::copy_file_range(src.as_raw_fd(), &mut so, dst.as_raw_fd(), &mut d, len, 0)
+    })
+}
+
+/// `ioctl(dst, FICLONE, src)`: share all of `src`'s blocks (reflink).
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> SysResult<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source fd as its integer argument.
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) })?;
+    Ok(())
+}
+
+/// Sets the process umask (the daemon applies each caller's umask itself).
+pub fn set_umask(mask: u32) {
+    // SAFETY: cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
 /// Raises the soft limit on open files to the hard limit: the daemon caches
 /// directory fds and holds one per open file.
 pub fn raise_nofile_limit() -> u64 {

@@ -1,0 +1,1027 @@
+//! The writable upper layer: copy-up, whiteouts, opaque directories, and
+//! every operation that changes the tree.
+//!
+//! Owns: the work directory (`WORKDIR/work`, cleaned at mount), the choice of
+//! whiteout and opaque encodings, and the copy-up locks.
+//! Does not own: reading (see `fs.rs`), FUSE replies.
+//!
+//! Invariants:
+//! - lower layers are never written; every change lands in layer 0;
+//! - a copy-up is built under a temporary name in the work directory and
+//!   renamed into place, so the upper layer never holds a partial file under
+//!   its final name; by default the copy is fsynced before the rename;
+//! - parents are copied up before children, and a copy-up lock is held only
+//!   for one object at a time (no nesting, so no lock-order cycles);
+//! - a name that exists below the upper layer is never simply removed: a
+//!   whiteout replaces it.
+//!
+//! Lock order: `copy_locks[i]` may be held while taking `nodes` shard guards
+//! and cache mutexes (leaves), never the other way round.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use log::{debug, info, warn};
+
+use super::fs::{is_internal_xattr, Found, Handle, Overlay};
+use super::layers::Stack;
+use super::rules;
+use super::types::{Ino, LayerIdx};
+use crate::sys::{self, Errno, FileKind, SetTime, Stat, SysResult};
+
+const UPPER: LayerIdx = LayerIdx(0);
+const COPY_LOCKS: usize = 64;
+
+/// How deletions are recorded in the upper layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WhiteoutMode {
+    /// A character device 0/0 when mknod of it is allowed, else `.wh.` files.
+    #[default]
+    Auto,
+    /// Character device 0/0 (kernel overlayfs's encoding).
+    Chardev,
+    /// An empty `.wh.NAME` file (the OCI encoding; needs no privileges).
+    File,
+}
+
+/// Settings of the writable side.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpperOptions {
+    /// Skip fsync on copy-up and make fsync a no-op.
+    pub volatile: bool,
+    pub whiteout: WhiteoutMode,
+}
+
+/// Who asks for a new object: it will be owned by them.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub umask: u32,
+}
+
+/// Attribute changes requested by `setattr`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+impl SetAttr {
+    fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
+/// How opaque directories are marked in the upper layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpaqueMode {
+    Xattr(&'static CStr),
+    MarkerFile,
+}
+
+/// The writable side of a mount.
+pub struct Upper {
+    work: Arc<OwnedFd>,
+    chardev_whiteouts: bool,
+    opaque: OpaqueMode,
+    volatile: bool,
+    tmp_counter: AtomicU64,
+    copy_locks: Box<[Mutex<()>]>,
+}
+
+/// Removes everything inside directory `fd` (not the directory itself).
+fn clear_dir(fd: BorrowedFd<'_>) -> SysResult<()> {
+    let rd = sys::openat(fd, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    for e in sys::read_dir(rd.as_fd())? {
+        let name = sys::cstr(OsStr::from_bytes(&e.name))?;
+        remove_tree(rd.as_fd(), &name)?;
+    }
+    Ok(())
+}
+
+/// Removes `name` in `dirfd`, recursively if it is a directory.
+fn remove_tree(dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    match sys::unlinkat(dirfd, name, 0) {
+        Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+        Err(e) if e == Errno::EISDIR || e == Errno::EPERM => {}
+        Err(e) => return Err(e),
+    }
+    let sub = sys::openat(
+        dirfd,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    clear_dir(sub.as_fd())?;
+    drop(sub);
+    sys::unlinkat(dirfd, name, libc::AT_REMOVEDIR)
+}
+
+impl Upper {
+    /// Opens `WORKDIR/work`, empties it (leftovers of an interrupted copy-up),
+    /// and probes which encodings this filesystem and these privileges allow.
+    pub fn prepare(stack: &Stack, opts: UpperOptions) -> SysResult<Upper> {
+        let workdir = stack.work.clone().ok_or(Errno::EINVAL)?;
+        match sys::mkdirat(workdir.as_fd(), c"work", 0o700) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        let work = Arc::new(sys::openat(
+            workdir.as_fd(),
+            c"work",
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?);
+        clear_dir(work.as_fd())?;
+        // Work and upper must share a filesystem: copy-up renames across them.
+        let wst = sys::fstat(work.as_fd())?;
+        let ust = sys::fstat(stack.layers[0].root.as_fd())?;
+        if wst.dev != ust.dev {
+            return Err(Errno::EXDEV);
+        }
+        let probe = c"#probe";
+        let mknod_ok = sys::mknodat(work.as_fd(), probe, libc::S_IFCHR | 0o600, 0).is_ok();
+        let _ = sys::unlinkat(work.as_fd(), probe, 0);
+        let chardev_whiteouts = match opts.whiteout {
+            WhiteoutMode::Auto => mknod_ok,
+            WhiteoutMode::Chardev => true,
+            WhiteoutMode::File => false,
+        };
+        sys::mkdirat(work.as_fd(), probe, 0o700)?;
+        let path = sys::proc_fd_path(work.as_fd(), Some(probe));
+        let opaque = if sys::lsetxattr(&path, c"trusted.overlay.opaque", b"y", 0).is_ok() {
+            OpaqueMode::Xattr(c"trusted.overlay.opaque")
+        } else if sys::lsetxattr(&path, c"user.overlay.opaque", b"y", 0).is_ok() {
+            OpaqueMode::Xattr(c"user.overlay.opaque")
+        } else {
+            OpaqueMode::MarkerFile
+        };
+        let _ = sys::unlinkat(work.as_fd(), probe, libc::AT_REMOVEDIR);
+        info!("upper layer: chardev whiteouts {chardev_whiteouts}, opaque {opaque:?}");
+        Ok(Upper {
+            work,
+            chardev_whiteouts,
+            opaque,
+            volatile: opts.volatile,
+            tmp_counter: AtomicU64::new(0),
+            copy_locks: (0..COPY_LOCKS).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    fn tmp_name(&self) -> CString {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("#{n:x}")).unwrap_or_default()
+    }
+
+    fn lock(&self, ino: Ino) -> MutexGuard<'_, ()> {
+        let i = (ino.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % COPY_LOCKS;
+        self.copy_locks[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the upper directory holds under a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UpperEntry {
+    Nothing,
+    /// A character device 0/0.
+    ChardevWhiteout,
+    /// A `.wh.NAME` file beside an absent NAME.
+    FileWhiteout,
+    Object(FileKind),
+}
+
+fn wh_name(name: &[u8]) -> SysResult<CString> {
+    let mut v = rules::WH_PREFIX.to_vec();
+    v.extend_from_slice(name);
+    sys::cstr(OsStr::from_bytes(&v))
+}
+
+/// Copies data from `src` to `dst`: a reflink when the filesystem shares
+/// blocks, else `copy_file_range` over the data segments only, so holes stay
+/// holes.
+fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    if sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off: u64 = 0;
+    while off < size {
+        let data = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            Err(e) if e.0 == libc::ENXIO => break,
+            // No SEEK_DATA support: treat the rest as data.
+            Err(_) => off,
+        };
+        let hole = match sys::lseek(src, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(size),
+            Err(_) => size,
+        };
+        copy_range(src, dst, data, hole)?;
+        off = hole.max(data + 1);
+    }
+    sys::ftruncate(dst, size)
+}
+
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, end: u64) -> SysResult<()> {
+    let mut pos = start;
+    while pos < end {
+        let want = ((end - pos) as usize).min(1 << 30);
+        match sys::copy_file_range(src, pos, dst, pos, want) {
+            Ok(0) => return Ok(()),
+            Ok(n) => pos += n as u64,
+            Err(e)
+                if [libc::EXDEV, libc::ENOSYS, libc::EINVAL, libc::EOPNOTSUPP].contains(&e.0) =>
+            {
+                let mut buf = vec![0u8; 1 << 20];
+                while pos < end {
+                    let n = ((end - pos) as usize).min(buf.len());
+                    let got = sys::pread(src, &mut buf[..n], pos)?;
+                    if got == 0 {
+                        return Ok(());
+                    }
+                    sys::pwrite(dst, &buf[..got], pos)?;
+                    pos += got as u64;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Copies the extended attributes of `src` to `dst` (both /proc paths),
+/// leaving out the overlay's own. Attributes the upper filesystem or our
+/// privileges refuse are skipped, as kernel overlayfs does for ENOTSUP.
+fn copy_xattrs(src: &CStr, dst: &CStr) -> SysResult<()> {
+    let names = match sys::llistxattr(src) {
+        Ok(n) => n,
+        Err(e) if e.0 == libc::EOPNOTSUPP => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for n in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if is_internal_xattr(n) {
+            continue;
+        }
+        let cn = sys::cstr(OsStr::from_bytes(n))?;
+        let v = match sys::lgetxattr(src, &cn) {
+            Ok(v) => v,
+            Err(Errno::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = sys::lsetxattr(dst, &cn, &v, 0) {
+            if [libc::EPERM, libc::EOPNOTSUPP, libc::EACCES].contains(&e.0) {
+                debug!(
+                    "copy-up: skipping xattr {}: {e}",
+                    String::from_utf8_lossy(n)
+                );
+                continue;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+impl Overlay {
+    fn upper(&self) -> SysResult<&Upper> {
+        self.upper.as_ref().ok_or(Errno::EROFS)
+    }
+
+    /// What the upper directory `pfd` holds under `name`.
+    fn upper_entry(&self, pfd: &OwnedFd, name: &[u8]) -> SysResult<UpperEntry> {
+        let cname = sys::cstr(OsStr::from_bytes(name))?;
+        match sys::fstatat(pfd.as_fd(), &cname) {
+            Ok(st) if st.is_whiteout() => return Ok(UpperEntry::ChardevWhiteout),
+            Ok(st) => return Ok(UpperEntry::Object(st.kind())),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        match sys::fstatat(pfd.as_fd(), &wh_name(name)?) {
+            Ok(_) => Ok(UpperEntry::FileWhiteout),
+            Err(Errno::ENOENT | Errno::ENAMETOOLONG) => Ok(UpperEntry::Nothing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True if some layer below the upper one would show `name` in `parent`
+    /// (ignoring whiteouts in the upper layer itself).
+    fn exists_below(&self, parent: Ino, name: &[u8]) -> SysResult<bool> {
+        let layers = self.node_info(parent)?.layers;
+        let below: Vec<LayerIdx> = layers.iter().copied().filter(|l| *l != UPPER).collect();
+        if below.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.resolve_in(parent, &below, name)?.is_some())
+    }
+
+    /// The upper-layer fd of directory `ino`, copying it (and its parents) up
+    /// first if needed.
+    fn upper_dir(&self, ino: Ino) -> SysResult<Arc<OwnedFd>> {
+        self.copy_up(ino, true)?;
+        self.dir_fd(ino, UPPER)
+    }
+
+    /// Copies `ino` into the upper layer unless it is there already; parents
+    /// first. `with_data`: copy a regular file's contents (false when the
+    /// caller truncates it anyway).
+    pub fn copy_up(&self, ino: Ino, with_data: bool) -> SysResult<()> {
+        let up = self.upper()?;
+        let info = self.node_info(ino)?;
+        if info.top() == UPPER || ino == Ino::ROOT {
+            return Ok(());
+        }
+        self.copy_up(info.parent, true)?;
+        let _guard = up.lock(ino);
+        // Re-read under the lock: another thread may have copied it up.
+        let info = self.node_info(ino)?;
+        if info.top() == UPPER {
+            return Ok(());
+        }
+        let src_pfd = self.dir_fd(info.parent, info.top())?;
+        let dst_pfd = self.dir_fd(info.parent, UPPER)?;
+        let name = sys::cstr(OsStr::from_bytes(&info.name))?;
+        let st = sys::fstatat(src_pfd.as_fd(), &name)?;
+        let tmp = up.tmp_name();
+        let work = up.work.as_fd();
+        let mut data_fd = None;
+        match st.kind() {
+            FileKind::Regular => {
+                let src =
+                    sys::openat(src_pfd.as_fd(), &name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+                let dst = sys::openat(
+                    work,
+                    &tmp,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    0o600,
+                )?;
+                if with_data {
+                    if let Err(e) = copy_data(src.as_fd(), dst.as_fd(), st.size) {
+                        let _ = sys::unlinkat(work, &tmp, 0);
+                        return Err(e);
+                    }
+                }
+                data_fd = Some(dst);
+            }
+            FileKind::Dir => sys::mkdirat(work, &tmp, 0o700)?,
+            FileKind::Symlink => {
+                let target = sys::readlinkat(src_pfd.as_fd(), &name)?;
+                sys::symlinkat(&sys::cstr(OsStr::from_bytes(&target))?, work, &tmp)?;
+            }
+            _ => sys::mknodat(work, &tmp, st.mode, st.rdev)?,
+        }
+        let finish = || -> SysResult<()> {
+            sys::fchownat(work, &tmp, st.uid, st.gid)?;
+            if st.kind() != FileKind::Symlink {
+                sys::fchmodat(work, &tmp, st.mode & 0o7777)?;
+            }
+            copy_xattrs(
+                &sys::proc_fd_path(src_pfd.as_fd(), Some(&name)),
+                &sys::proc_fd_path(work, Some(&tmp)),
+            )?;
+            sys::utimensat(work, &tmp, SetTime::At(st.atime), SetTime::At(st.mtime))?;
+            if let Some(fd) = &data_fd {
+                if !up.volatile {
+                    sys::fsync(fd.as_fd(), false)?;
+                }
+            }
+            sys::renameat2(work, &tmp, dst_pfd.as_fd(), &name, libc::RENAME_NOREPLACE)
+        };
+        if let Err(e) = finish() {
+            let _ = remove_tree(work, &tmp);
+            warn!(
+                "copy-up of {} failed: {e}",
+                String::from_utf8_lossy(&info.name)
+            );
+            return Err(e);
+        }
+        let new = sys::fstatat(dst_pfd.as_fd(), &name)?;
+        self.origins.insert(new.ino, ino);
+        let layers: Box<[LayerIdx]> = if st.kind() == FileKind::Dir {
+            std::iter::once(UPPER)
+                .chain(info.layers.iter().copied())
+                .collect()
+        } else {
+            Box::new([UPPER])
+        };
+        self.set_layers(ino, layers);
+        debug!("copied up {} ({ino})", String::from_utf8_lossy(&info.name));
+        Ok(())
+    }
+
+    /// Writes a whiteout for `name` in upper directory `pfd`, where nothing
+    /// of that name exists.
+    fn make_whiteout(&self, pfd: &OwnedFd, name: &[u8]) -> SysResult<()> {
+        let up = self.upper()?;
+        if up.chardev_whiteouts {
+            let cname = sys::cstr(OsStr::from_bytes(name))?;
+            sys::mknodat(pfd.as_fd(), &cname, libc::S_IFCHR, 0)
+        } else {
+            let fd = sys::openat(
+                pfd.as_fd(),
+                &wh_name(name)?,
+                libc::O_CREAT | libc::O_WRONLY,
+                0o600,
+            )?;
+            drop(fd);
+            Ok(())
+        }
+    }
+
+    /// Marks `name` in upper directory `dirfd` opaque.
+    fn set_opaque(&self, dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+        match self.upper()?.opaque {
+            OpaqueMode::Xattr(x) => {
+                sys::lsetxattr(&sys::proc_fd_path(dirfd, Some(name)), x, b"y", 0)
+            }
+            OpaqueMode::MarkerFile => {
+                let d = sys::openat(
+                    dirfd,
+                    name,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )?;
+                let m = sys::cstr(OsStr::from_bytes(rules::OPAQUE_MARKER))?;
+                drop(sys::openat(
+                    d.as_fd(),
+                    &m,
+                    libc::O_CREAT | libc::O_WRONLY,
+                    0o600,
+                )?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Common checks for a name that is about to be created.
+    fn check_new_name(&self, parent: Ino, name: &[u8]) -> SysResult<()> {
+        self.upper()?;
+        rules::check_name(name)?;
+        if rules::is_reserved_name(name) {
+            // Would be read back as a whiteout or an opaque marker.
+            return Err(Errno::EINVAL);
+        }
+        if self.resolve_name(parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        Ok(())
+    }
+
+    /// Gives a new object the caller's ownership (the group of a setgid
+    /// parent directory, as the kernel does).
+    fn chown_new(&self, pfd: &OwnedFd, name: &CStr, c: Caller) -> SysResult<()> {
+        let pst = sys::fstat(pfd.as_fd())?;
+        let gid = if pst.mode & libc::S_ISGID != 0 {
+            pst.gid
+        } else {
+            c.gid
+        };
+        sys::fchownat(pfd.as_fd(), name, c.uid, gid)
+    }
+
+    /// Creates a new object named `name` in `parent` with `make(dirfd, name)`,
+    /// atomically replacing a char-device whiteout when there is one, and
+    /// records it. `make` must create the object with the final mode.
+    fn create_object(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        c: Caller,
+        mut make: impl FnMut(BorrowedFd<'_>, &CStr) -> SysResult<()>,
+    ) -> SysResult<Stat> {
+        self.check_new_name(parent, name)?;
+        let up = self.upper()?;
+        let pfd = self.upper_dir(parent)?;
+        let cname = sys::cstr(OsStr::from_bytes(name))?;
+        let existing = self.upper_entry(&pfd, name)?;
+        let st = if existing == UpperEntry::ChardevWhiteout {
+            let tmp = up.tmp_name();
+            let work = up.work.as_fd();
+            make(work, &tmp)?;
+            let work_owned = up.work.clone();
+            let r = (|| {
+                self.chown_new(&pfd, &tmp, c)
+                    .or_else(|_| sys::fchownat(work, &tmp, c.uid, c.gid))?;
+                let st = sys::fstatat(work, &tmp)?;
+                if st.kind() == FileKind::Dir {
+                    // Something existed below: the new directory must not
+                    // merge with it.
+                    self.set_opaque(work, &tmp)?;
+                    sys::renameat2(work, &tmp, pfd.as_fd(), &cname, libc::RENAME_EXCHANGE)?;
+                    let _ = sys::unlinkat(work, &tmp, 0);
+                } else {
+                    sys::renameat2(work, &tmp, pfd.as_fd(), &cname, 0)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = r {
+                let _ = remove_tree(work_owned.as_fd(), &tmp);
+                return Err(e);
+            }
+            sys::fstatat(pfd.as_fd(), &cname)?
+        } else {
+            make(pfd.as_fd(), &cname)?;
+            if let Err(e) = self.chown_new(&pfd, &cname, c) {
+                let _ = remove_tree(pfd.as_fd(), &cname);
+                return Err(e);
+            }
+            sys::fstatat(pfd.as_fd(), &cname)?
+        };
+        self.invalidate_listing(parent);
+        self.origins.remove(&st.ino);
+        let mut st = st;
+        let ino = self.map_ino(UPPER, st.ino);
+        st.ino = ino.0;
+        let kind = st.kind();
+        self.remember(ino, parent, name, kind, Box::new([UPPER]));
+        Ok(st)
+    }
+
+    /// `mkdir`.
+    pub fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, c: Caller) -> SysResult<Stat> {
+        let mode = mode & !c.umask & 0o7777;
+        self.create_object(parent, name, c, |fd, n| sys::mkdirat(fd, n, mode))
+    }
+
+    /// `mknod` (regular files, fifos, sockets, devices).
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+        c: Caller,
+    ) -> SysResult<Stat> {
+        let perm = mode & !c.umask & 0o7777;
+        let ty = mode & libc::S_IFMT;
+        self.create_object(parent, name, c, |fd, n| {
+            if ty == libc::S_IFREG || ty == 0 {
+                drop(sys::openat(
+                    fd,
+                    n,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    perm,
+                )?);
+                Ok(())
+            } else {
+                sys::mknodat(fd, n, ty | perm, rdev)
+            }
+        })
+    }
+
+    /// `symlink`.
+    pub fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], c: Caller) -> SysResult<Stat> {
+        let t = sys::cstr(OsStr::from_bytes(target))?;
+        self.create_object(parent, name, c, |fd, n| sys::symlinkat(&t, fd, n))
+    }
+
+    /// `create`: a new regular file, opened. Returns its stat, handle and fd.
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        c: Caller,
+    ) -> SysResult<(Stat, u64, Arc<OwnedFd>)> {
+        let perm = mode & !c.umask & 0o7777;
+        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT;
+        let mut opened: Option<OwnedFd> = None;
+        let st = self.create_object(parent, name, c, |fd, n| {
+            opened = Some(sys::openat(
+                fd,
+                n,
+                (flags & keep) | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                perm,
+            )?);
+            Ok(())
+        })?;
+        let fd = Arc::new(opened.ok_or(Errno::EIO)?);
+        let fh = self.add_file_handle(Ino(st.ino), fd.clone());
+        Ok((st, fh, fd))
+    }
+
+    /// `link`: a new name for `ino` in `newparent`.
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> SysResult<Stat> {
+        self.check_new_name(newparent, newname)?;
+        let info = self.node_info(ino)?;
+        if info.kind == FileKind::Dir {
+            return Err(Errno::EPERM);
+        }
+        self.copy_up(ino, true)?;
+        let src = self.loc(ino)?;
+        let up = self.upper()?;
+        let pfd = self.upper_dir(newparent)?;
+        let cname = sys::cstr(OsStr::from_bytes(newname))?;
+        if self.upper_entry(&pfd, newname)? == UpperEntry::ChardevWhiteout {
+            let tmp = up.tmp_name();
+            sys::linkat(src.fd.as_fd(), &src.name, up.work.as_fd(), &tmp)?;
+            if let Err(e) = sys::renameat2(up.work.as_fd(), &tmp, pfd.as_fd(), &cname, 0) {
+                let _ = sys::unlinkat(up.work.as_fd(), &tmp, 0);
+                return Err(e);
+            }
+        } else {
+            sys::linkat(src.fd.as_fd(), &src.name, pfd.as_fd(), &cname)?;
+        }
+        self.invalidate_listing(newparent);
+        let mut st = sys::fstatat(pfd.as_fd(), &cname)?;
+        st.ino = ino.0;
+        self.remember(ino, newparent, newname, st.kind(), Box::new([UPPER]));
+        Ok(st)
+    }
+
+    /// Removes the upper object `name` of `parent` and records a whiteout if
+    /// the name still exists below.
+    fn remove_upper_and_whiteout(
+        &self,
+        parent: Ino,
+        pfd: &OwnedFd,
+        name: &[u8],
+        found: &Found,
+    ) -> SysResult<()> {
+        let up = self.upper()?;
+        let below = self.exists_below(parent, name)?;
+        let cname = sys::cstr(OsStr::from_bytes(name))?;
+        let work = up.work.as_fd();
+        if found.in_upper() {
+            let real = sys::fstatat(pfd.as_fd(), &cname)?;
+            if below && up.chardev_whiteouts {
+                // Swap a fresh whiteout in, atomically, then drop the old object.
+                let tmp = up.tmp_name();
+                sys::mknodat(work, &tmp, libc::S_IFCHR, 0)?;
+                let flags = if found.is_dir() {
+                    libc::RENAME_EXCHANGE
+                } else {
+                    0
+                };
+                if let Err(e) = sys::renameat2(work, &tmp, pfd.as_fd(), &cname, flags) {
+                    let _ = sys::unlinkat(work, &tmp, 0);
+                    return Err(e);
+                }
+                if found.is_dir() {
+                    remove_tree(work, &tmp)?;
+                }
+            } else {
+                if found.is_dir() {
+                    // Move it out of the way first: only whiteouts are left in it.
+                    let tmp = up.tmp_name();
+                    sys::renameat2(pfd.as_fd(), &cname, work, &tmp, 0)?;
+                    remove_tree(work, &tmp)?;
+                } else {
+                    sys::unlinkat(pfd.as_fd(), &cname, 0)?;
+                }
+                if below && self.upper_entry(pfd, name)? != UpperEntry::FileWhiteout {
+                    self.make_whiteout(pfd, name)?;
+                }
+            }
+            if real.nlink <= 1 || found.is_dir() {
+                self.origins.remove(&real.ino);
+            }
+        } else if self.upper_entry(pfd, name)? != UpperEntry::FileWhiteout {
+            // Only below: a whiteout is all it takes (no copy-up).
+            self.make_whiteout(pfd, name)?;
+        }
+        self.invalidate_listing(parent);
+        Ok(())
+    }
+
+    /// `unlink`.
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> SysResult<()> {
+        self.upper()?;
+        rules::check_name(name)?;
+        let found = self.resolve_name(parent, name)?.ok_or(Errno::ENOENT)?;
+        if found.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let pfd = self.upper_dir(parent)?;
+        self.remove_upper_and_whiteout(parent, &pfd, name, &found)
+    }
+
+    /// True if directory `found` shows no entry in the merged view.
+    fn merged_dir_is_empty(&self, parent: Ino, name: &[u8], found: &Found) -> SysResult<bool> {
+        // The directory may have no node yet; give it a temporary one.
+        let known = self.node_info(found.ino).is_ok();
+        if !known {
+            self.remember(found.ino, parent, name, FileKind::Dir, found.layers.clone());
+        }
+        let r = self.read_listing(found.ino).map(|l| l.len() <= 2);
+        if !known {
+            self.forget(found.ino, 1);
+        }
+        r
+    }
+
+    /// `rmdir`: ENOTEMPTY while any layer still shows an entry.
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> SysResult<()> {
+        self.upper()?;
+        rules::check_name(name)?;
+        let found = self.resolve_name(parent, name)?.ok_or(Errno::ENOENT)?;
+        if !found.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if !self.merged_dir_is_empty(parent, name, &found)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let pfd = self.upper_dir(parent)?;
+        self.remove_upper_and_whiteout(parent, &pfd, name, &found)?;
+        self.invalidate_listing(found.ino);
+        Ok(())
+    }
+
+    /// `rename` with the RENAME_NOREPLACE and RENAME_EXCHANGE flags. Moving a
+    /// directory that exists in a lower layer is EXDEV (callers such as `mv`
+    /// then copy it).
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: u32,
+    ) -> SysResult<()> {
+        let up = self.upper()?;
+        rules::check_name(name)?;
+        rules::check_name(newname)?;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if rules::is_reserved_name(newname) {
+            return Err(Errno::EINVAL);
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let src = self.resolve_name(parent, name)?.ok_or(Errno::ENOENT)?;
+        let dst = self.resolve_name(newparent, newname)?;
+        if parent == newparent && name == newname {
+            return Ok(());
+        }
+        if let Some(d) = &dst {
+            if d.ino == src.ino && !exchange {
+                // Two names of one file: POSIX says do nothing.
+                return Ok(());
+            }
+        }
+        if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if exchange && dst.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        let lower_dir = |f: &Found| f.is_dir() && f.layers.iter().any(|l| *l != UPPER);
+        if lower_dir(&src) || (exchange && dst.as_ref().is_some_and(lower_dir)) {
+            return Err(Errno::EXDEV);
+        }
+        if let (Some(d), false) = (&dst, exchange) {
+            match (src.is_dir(), d.is_dir()) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) if !self.merged_dir_is_empty(newparent, newname, d)? => {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                _ => {}
+            }
+        }
+        self.copy_up(src.ino, true)?;
+        if let (Some(d), true) = (&dst, exchange) {
+            self.copy_up(d.ino, true)?;
+        }
+        let opfd = self.upper_dir(parent)?;
+        let npfd = self.upper_dir(newparent)?;
+        let cname = sys::cstr(OsStr::from_bytes(name))?;
+        let cnew = sys::cstr(OsStr::from_bytes(newname))?;
+        let work = up.work.as_fd();
+        if exchange {
+            sys::renameat2(
+                opfd.as_fd(),
+                &cname,
+                npfd.as_fd(),
+                &cnew,
+                libc::RENAME_EXCHANGE,
+            )?;
+        } else {
+            let src_below = self.exists_below(parent, name)?;
+            let dst_below = self.exists_below(newparent, newname)?;
+            let dst_entry = self.upper_entry(&npfd, newname)?;
+            if let (Some(d), UpperEntry::Object(FileKind::Dir)) = (&dst, dst_entry) {
+                // An empty merged directory may still hold whiteouts.
+                let fd = self.dir_fd(d.ino, UPPER).or_else(|_| {
+                    sys::openat(
+                        npfd.as_fd(),
+                        &cnew,
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    )
+                    .map(Arc::new)
+                })?;
+                clear_dir(fd.as_fd())?;
+            }
+            if src.is_dir() && (dst_below || dst_entry == UpperEntry::ChardevWhiteout) {
+                self.set_opaque(opfd.as_fd(), &cname)?;
+            }
+            let real = sys::fstatat(npfd.as_fd(), &cnew).ok();
+            if src.is_dir() && dst_entry == UpperEntry::ChardevWhiteout {
+                // A directory cannot replace a non-directory: swap, which
+                // leaves the whiteout at the old name.
+                sys::renameat2(
+                    opfd.as_fd(),
+                    &cname,
+                    npfd.as_fd(),
+                    &cnew,
+                    libc::RENAME_EXCHANGE,
+                )?;
+                if !src_below {
+                    sys::unlinkat(opfd.as_fd(), &cname, 0)?;
+                }
+            } else if src_below && up.chardev_whiteouts {
+                match sys::renameat2(
+                    opfd.as_fd(),
+                    &cname,
+                    npfd.as_fd(),
+                    &cnew,
+                    libc::RENAME_WHITEOUT,
+                ) {
+                    Ok(()) => {}
+                    Err(e) if e == Errno::EINVAL || e == Errno::EPERM => {
+                        sys::renameat2(opfd.as_fd(), &cname, npfd.as_fd(), &cnew, 0)?;
+                        self.make_whiteout(&opfd, name)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                sys::renameat2(opfd.as_fd(), &cname, npfd.as_fd(), &cnew, 0)?;
+                if src_below && self.upper_entry(&opfd, name)? != UpperEntry::FileWhiteout {
+                    self.make_whiteout(&opfd, name)?;
+                }
+            }
+            if let (Some(r), Some(d)) = (real, &dst) {
+                if d.in_upper() && (r.nlink <= 1 || r.kind() == FileKind::Dir) && !r.is_whiteout() {
+                    self.origins.remove(&r.ino);
+                }
+            }
+            let _ = work;
+        }
+        self.invalidate_listing(parent);
+        self.invalidate_listing(newparent);
+        self.move_node(src.ino, newparent, newname);
+        if let (Some(d), true) = (&dst, exchange) {
+            self.move_node(d.ino, parent, name);
+        }
+        Ok(())
+    }
+
+    /// `setattr`: copies up, then changes mode, owner, size and times.
+    pub fn setattr(&self, ino: Ino, a: SetAttr, fh: Option<u64>) -> SysResult<Stat> {
+        if a.is_empty() {
+            return self.getattr_fh(ino, fh);
+        }
+        self.upper()?;
+        let truncating_all = a.size == Some(0);
+        self.copy_up(ino, !truncating_all)?;
+        let loc = self.loc(ino)?;
+        if let Some(size) = a.size {
+            let handle_fd = fh
+                .and_then(|fh| self.handle(fh).ok())
+                .and_then(|h| match &*h {
+                    Handle::File { fd, .. } => Some(fd.clone()),
+                    _ => None,
+                });
+            // A handle opened before a copy-up may still point below.
+            let in_upper = handle_fd
+                .as_ref()
+                .and_then(|fd| sys::fstat(fd.as_fd()).ok())
+                .zip(loc.stat().ok())
+                .is_some_and(|(a, b)| a.ino == b.ino && a.dev == b.dev);
+            match handle_fd {
+                Some(fd) if in_upper => sys::ftruncate(fd.as_fd(), size)?,
+                _ => {
+                    let fd = sys::openat(
+                        loc.fd.as_fd(),
+                        &loc.name,
+                        libc::O_WRONLY | libc::O_NOFOLLOW,
+                        0,
+                    )?;
+                    sys::ftruncate(fd.as_fd(), size)?;
+                }
+            }
+        }
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::fchownat(
+                loc.fd.as_fd(),
+                &loc.name,
+                a.uid.unwrap_or(u32::MAX),
+                a.gid.unwrap_or(u32::MAX),
+            )?;
+        }
+        if let Some(mode) = a.mode {
+            sys::fchmodat(loc.fd.as_fd(), &loc.name, mode & 0o7777)?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            sys::utimensat(
+                loc.fd.as_fd(),
+                &loc.name,
+                a.atime.unwrap_or(SetTime::Omit),
+                a.mtime.unwrap_or(SetTime::Omit),
+            )?;
+        }
+        self.getattr(ino)
+    }
+
+    /// `setxattr`: copies up, then sets. The overlay's own attributes are off limits.
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> SysResult<()> {
+        self.upper()?;
+        if is_internal_xattr(name) {
+            return Err(Errno::EPERM);
+        }
+        if name.starts_with(b"system.posix_acl_") {
+            // Setting an ACL also changes the mode on disk behind the
+            // kernel's attribute cache; refusing makes callers (cp, mv,
+            // setfacl fall back to chmod), which the cache does see.
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.copy_up(ino, true)?;
+        let loc = self.loc(ino)?;
+        let cname = sys::cstr(OsStr::from_bytes(name))?;
+        sys::lsetxattr(&loc.proc_path(), &cname, value, flags)
+    }
+
+    /// `removexattr`.
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> SysResult<()> {
+        self.upper()?;
+        if is_internal_xattr(name) {
+            return Err(Errno::ENODATA);
+        }
+        // Nothing to copy up if the attribute does not exist.
+        self.getxattr(ino, name)?;
+        self.copy_up(ino, true)?;
+        let loc = self.loc(ino)?;
+        let cname = sys::cstr(OsStr::from_bytes(name))?;
+        sys::lremovexattr(&loc.proc_path(), &cname)
+    }
+
+    fn file_fd(&self, fh: u64) -> SysResult<Arc<OwnedFd>> {
+        match &*self.handle(fh)? {
+            Handle::File { fd, .. } => Ok(fd.clone()),
+            Handle::Dir { .. } => Err(Errno::EISDIR),
+        }
+    }
+
+    /// `write` through an open handle.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<usize> {
+        let fd = self.file_fd(fh)?;
+        sys::pwrite(fd.as_fd(), data, offset)
+    }
+
+    /// `fsync`/`fdatasync`; a no-op on a volatile mount.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
+        if self.upper.as_ref().is_none_or(|u| u.volatile) {
+            return Ok(());
+        }
+        let fd = self.file_fd(fh)?;
+        sys::fsync(fd.as_fd(), datasync)
+    }
+
+    /// `fallocate` on an open handle.
+    pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> SysResult<()> {
+        let fd = self.file_fd(fh)?;
+        sys::fallocate(fd.as_fd(), mode, offset, len)
+    }
+
+    /// `lseek` (SEEK_DATA/SEEK_HOLE reach the layer file).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
+        let fd = self.file_fd(fh)?;
+        sys::lseek(fd.as_fd(), offset, whence)
+    }
+
+    /// `copy_file_range` between two open handles.
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> SysResult<usize> {
+        let src = self.file_fd(fh_in)?;
+        let dst = self.file_fd(fh_out)?;
+        sys::copy_file_range(
+            src.as_fd(),
+            off_in,
+            dst.as_fd(),
+            off_out,
+            len.min(1 << 30) as usize,
+        )
+    }
+}
