@@ -368,7 +368,7 @@ fn serve(p: Prepared, ready: Option<std::fs::File>) -> Result<(), MountError> {
                 cause,
             };
             if let Some(w) = ready {
-                process::report_ready(w, Err(&format!("layerfs: {e}")));
+                process::report_ready(w, Err(&e.to_string()));
                 return Ok(());
             }
             return Err(e);

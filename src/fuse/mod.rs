@@ -31,7 +31,7 @@ use fuser::{
 };
 use log::{debug, info, warn};
 
-use crate::overlay::{Caller, Handle, Ino, Overlay, SetAttr};
+use crate::overlay::{Caller, Ino, Overlay, SetAttr};
 use crate::sys::{Errno, FileKind, SetTime, Stat, Timespec};
 
 /// How the mount talks to the kernel.
@@ -363,12 +363,9 @@ impl fuser::Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let h = match self.ov.handle(fh.0) {
-            Ok(h) => h,
+        let listing = match self.ov.dir_listing(fh.0) {
+            Ok(l) => l,
             Err(e) => return reply.error(ferr(e)),
-        };
-        let Handle::Dir { listing, .. } = &*h else {
-            return reply.error(FErrno::ENOTDIR);
         };
         for (i, item) in listing.iter().enumerate().skip(offset as usize) {
             let full = reply.add(

@@ -36,8 +36,8 @@ use crate::sys::{self, Errno, FileKind, Stat, StatFs, SysResult};
 
 /// Directory fds kept open (per layer) for lookups without path walks.
 const DIRFD_CACHE: usize = 8192;
-/// Merged listings kept in memory.
-const LISTING_CACHE: usize = 512;
+/// Entries of merged listings kept in memory, over all directories.
+const LISTING_CACHE_ENTRIES: usize = 256 * 1024;
 
 /// Prefixes of extended attributes that belong to the overlay machinery and
 /// are never shown through the mount.
@@ -92,7 +92,9 @@ pub type Listing = Arc<Vec<DirItem>>;
 #[derive(Debug)]
 pub enum Handle {
     File { ino: Ino, fd: Arc<OwnedFd> },
-    Dir { ino: Ino, listing: Listing },
+    /// The listing is read on the first readdir, not at opendir: when the
+    /// kernel still caches the directory, it never asks.
+    Dir { ino: Ino, listing: Mutex<Option<Listing>> },
 }
 
 /// Where a node lives: an fd of its parent directory in the serving layer and
@@ -111,12 +113,43 @@ impl Loc {
     }
 }
 
+/// Merged listings by directory, bounded by their total number of entries.
+struct ListingCache {
+    lru: LruCache<Ino, Listing>,
+    entries: usize,
+}
+
+impl ListingCache {
+    fn get(&mut self, ino: Ino) -> Option<Listing> {
+        self.lru.get(&ino).cloned()
+    }
+
+    fn put(&mut self, ino: Ino, l: Listing) {
+        self.entries += l.len();
+        if let Some(old) = self.lru.put(ino, l) {
+            self.entries -= old.len();
+        }
+        while self.entries > LISTING_CACHE_ENTRIES && self.lru.len() > 1 {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.entries -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn pop(&mut self, ino: Ino) {
+        if let Some(old) = self.lru.pop(&ino) {
+            self.entries -= old.len();
+        }
+    }
+}
+
 /// The merged view of a stack of layers.
 pub struct Overlay {
     pub(super) stack: Stack,
     pub(super) nodes: DashMap<Ino, Node>,
     dirfds: Mutex<LruCache<(Ino, LayerIdx), Arc<OwnedFd>>>,
-    listings: Mutex<LruCache<Ino, Listing>>,
+    listings: Mutex<ListingCache>,
     handles: DashMap<u64, Arc<Handle>>,
     next_fh: AtomicU64,
     /// Upper-layer inode number -> the merged inode it was copied up for, so
@@ -167,7 +200,10 @@ impl Overlay {
             stack,
             nodes,
             dirfds: Mutex::new(LruCache::new(cap(DIRFD_CACHE))),
-            listings: Mutex::new(LruCache::new(cap(LISTING_CACHE))),
+            listings: Mutex::new(ListingCache {
+                lru: LruCache::unbounded(),
+                entries: 0,
+            }),
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
             origins: DashMap::new(),
@@ -243,7 +279,7 @@ impl Overlay {
         self.dirfds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_listings(&self) -> std::sync::MutexGuard<'_, LruCache<Ino, Listing>> {
+    fn lock_listings(&self) -> std::sync::MutexGuard<'_, ListingCache> {
         self.listings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -492,7 +528,7 @@ impl Overlay {
                 fds.pop(&(ino, LayerIdx(l)));
             }
         }
-        self.lock_listings().pop(&ino);
+        self.lock_listings().pop(ino);
     }
 
     /// The attributes of `ino`, from an open handle when there is one (which
@@ -603,16 +639,37 @@ impl Overlay {
         self.handles.remove(&fh).map(|(_, h)| h)
     }
 
-    /// Opens directory `ino`, taking a snapshot of its merged listing.
+    /// Opens directory `ino`.
     pub fn opendir(&self, ino: Ino) -> SysResult<u64> {
-        let listing = self.listing(ino)?;
-        Ok(self.new_handle(Handle::Dir { ino, listing }))
+        if self.node_info(ino)?.kind != FileKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(self.new_handle(Handle::Dir {
+            ino,
+            listing: Mutex::new(None),
+        }))
+    }
+
+    /// The listing snapshot of an open directory, taken on first use.
+    pub fn dir_listing(&self, fh: u64) -> SysResult<Listing> {
+        let h = self.handle(fh)?;
+        let Handle::Dir { ino, listing } = &*h else {
+            return Err(Errno::ENOTDIR);
+        };
+        let mut slot = listing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = &*slot {
+            return Ok(l.clone());
+        }
+        // Held across the read: only this handle's readers wait on it.
+        let l = self.listing(*ino)?;
+        *slot = Some(l.clone());
+        Ok(l)
     }
 
     /// The merged listing of `ino`, with `.` and `..` first.
     fn listing(&self, ino: Ino) -> SysResult<Listing> {
-        if let Some(l) = self.lock_listings().get(&ino) {
-            return Ok(l.clone());
+        if let Some(l) = self.lock_listings().get(ino) {
+            return Ok(l);
         }
         let listing = self.read_listing(ino)?;
         self.lock_listings().put(ino, listing.clone());
@@ -684,7 +741,7 @@ impl Overlay {
 
     /// Drops the cached listing of `ino` (after a change in it).
     pub fn invalidate_listing(&self, ino: Ino) {
-        self.lock_listings().pop(&ino);
+        self.lock_listings().pop(ino);
     }
 
     /// The value of extended attribute `name` of `ino`.
