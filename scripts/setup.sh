@@ -14,7 +14,8 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # /dev/fuse must be usable by the daemon (udev makes it 0666 on most machines).
-[ -e /dev/fuse ] || { mknod /dev/fuse c 10 229 && chmod 666 /dev/fuse; }
+[ -e /dev/fuse ] || mknod /dev/fuse c 10 229
+chmod 666 /dev/fuse
 modprobe overlay 2>/dev/null || true
 if command -v rustup >/dev/null; then
     rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -279,7 +279,7 @@ impl MountOptions {
                             option: key.into(),
                             value: v.into(),
                             expected: "auto, chardev or file",
-                        })
+                        });
                     }
                 };
                 Ok(())
@@ -416,7 +416,7 @@ pub fn parse_compat(args: &[String]) -> Result<Compat, String> {
             return Err(format!(
                 "too many arguments: {} (expected [SOURCE] MOUNTPOINT)",
                 positional.join(" ")
-            ))
+            ));
         }
     }
     Ok(Compat::Mount(out))

@@ -17,8 +17,8 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -261,10 +261,10 @@ impl fuser::Filesystem for LayerFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = self.ov.lookup(Ino(parent.0), name.as_bytes());
-        if let Err(e) = &r {
-            if *e != Errno::ENOENT {
-                debug!("lookup {parent:?}/{name:?}: {e}");
-            }
+        if let Err(e) = &r
+            && *e != Errno::ENOENT
+        {
+            debug!("lookup {parent:?}/{name:?}: {e}");
         }
         self.reply_entry(reply, r);
     }

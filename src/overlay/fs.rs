@@ -30,7 +30,7 @@ use log::debug;
 use lru::LruCache;
 
 use super::layers::Stack;
-use super::rules::{self, EntryKind, LayerEntry, Probe, OPAQUE_MARKER, OPAQUE_XATTRS};
+use super::rules::{self, EntryKind, LayerEntry, OPAQUE_MARKER, OPAQUE_XATTRS, Probe};
 use super::types::{Ino, LayerIdx};
 use crate::sys::{self, Errno, FileKind, Stat, StatFs, SysResult};
 
@@ -91,10 +91,16 @@ pub type Listing = Arc<Vec<DirItem>>;
 /// An open file or directory.
 #[derive(Debug)]
 pub enum Handle {
-    File { ino: Ino, fd: Arc<OwnedFd> },
+    File {
+        ino: Ino,
+        fd: Arc<OwnedFd>,
+    },
     /// The listing is read on the first readdir, not at opendir: when the
     /// kernel still caches the directory, it never asks.
-    Dir { ino: Ino, listing: Mutex<Option<Listing>> },
+    Dir {
+        ino: Ino,
+        listing: Mutex<Option<Listing>>,
+    },
 }
 
 /// Where a node lives: an fd of its parent directory in the serving layer and
@@ -232,10 +238,11 @@ impl Overlay {
     }
 
     pub(super) fn map_ino(&self, layer: LayerIdx, real: u64) -> Ino {
-        if layer == LayerIdx(0) && self.upper.is_some() {
-            if let Some(o) = self.origins.get(&real) {
-                return *o;
-            }
+        if layer == LayerIdx(0)
+            && self.upper.is_some()
+            && let Some(o) = self.origins.get(&real)
+        {
+            return *o;
         }
         let fs = self.stack.layer(layer).map(|l| l.fs).unwrap_or(0);
         self.stack.inos.map(fs, real)
@@ -441,9 +448,9 @@ impl Overlay {
                     n.parent = parent;
                     n.name = name.into();
                 }
-                if kind == FileKind::Dir {
-                    n.layers = layers.clone();
-                }
+                // The fresh resolution is the truth (a hard link's other
+                // name may still be below after one name was copied up).
+                n.layers = layers.clone();
             })
             .or_insert_with(|| {
                 created = true;
@@ -455,10 +462,10 @@ impl Overlay {
                     refs: 1,
                 }
             });
-        if created || old_parent.is_some() {
-            if let Some(mut p) = self.nodes.get_mut(&parent) {
-                p.refs += 1;
-            }
+        if (created || old_parent.is_some())
+            && let Some(mut p) = self.nodes.get_mut(&parent)
+        {
+            p.refs += 1;
         }
         if let Some(old) = old_parent {
             self.forget(old, 1);
@@ -534,14 +541,13 @@ impl Overlay {
     /// The attributes of `ino`, from an open handle when there is one (which
     /// also works for an open file whose name is gone).
     pub fn getattr_fh(&self, ino: Ino, fh: Option<u64>) -> SysResult<Stat> {
-        if let Some(fh) = fh {
-            if let Ok(h) = self.handle(fh) {
-                if let Handle::File { fd, .. } = &*h {
-                    let mut st = sys::fstat(fd.as_fd())?;
-                    st.ino = ino.0;
-                    return Ok(st);
-                }
-            }
+        if let Some(fh) = fh
+            && let Ok(h) = self.handle(fh)
+            && let Handle::File { fd, .. } = &*h
+        {
+            let mut st = sys::fstat(fd.as_fd())?;
+            st.ino = ino.0;
+            return Ok(st);
         }
         self.getattr(ino)
     }

@@ -118,7 +118,7 @@ pub fn resolve(
                     top: layer,
                     is_dir: false,
                     dirs: Vec::new(),
-                }))
+                }));
             }
             // A whiteout or non-directory below a directory ends its merge.
             (Probe::Whiteout | Probe::NonDir, Some(_)) => break,

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, info, warn};
 
-use super::fs::{is_internal_xattr, Found, Handle, Overlay};
+use super::fs::{Found, Handle, Overlay, is_internal_xattr};
 use super::layers::Stack;
 use super::rules;
 use super::types::{Ino, LayerIdx};
@@ -369,11 +369,9 @@ impl Overlay {
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                     0o600,
                 )?;
-                if with_data {
-                    if let Err(e) = copy_data(src.as_fd(), dst.as_fd(), st.size) {
-                        let _ = sys::unlinkat(work, &tmp, 0);
-                        return Err(e);
-                    }
+                if with_data && let Err(e) = copy_data(src.as_fd(), dst.as_fd(), st.size) {
+                    let _ = sys::unlinkat(work, &tmp, 0);
+                    return Err(e);
                 }
                 data_fd = Some(dst);
             }
@@ -394,10 +392,10 @@ impl Overlay {
                 &sys::proc_fd_path(work, Some(&tmp)),
             )?;
             sys::utimensat(work, &tmp, SetTime::At(st.atime), SetTime::At(st.mtime))?;
-            if let Some(fd) = &data_fd {
-                if !up.volatile {
-                    sys::fsync(fd.as_fd(), false)?;
-                }
+            if let Some(fd) = &data_fd
+                && !up.volatile
+            {
+                sys::fsync(fd.as_fd(), false)?;
             }
             sys::renameat2(work, &tmp, dst_pfd.as_fd(), &name, libc::RENAME_NOREPLACE)
         };
@@ -768,11 +766,12 @@ impl Overlay {
         if parent == newparent && name == newname {
             return Ok(());
         }
-        if let Some(d) = &dst {
-            if d.ino == src.ino && !exchange {
-                // Two names of one file: POSIX says do nothing.
-                return Ok(());
-            }
+        if let Some(d) = &dst
+            && d.ino == src.ino
+            && !exchange
+        {
+            // Two names of one file: POSIX says do nothing.
+            return Ok(());
         }
         if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
             return Err(Errno::EEXIST);
@@ -866,10 +865,12 @@ impl Overlay {
                     self.make_whiteout(&opfd, name)?;
                 }
             }
-            if let (Some(r), Some(d)) = (real, &dst) {
-                if d.in_upper() && (r.nlink <= 1 || r.kind() == FileKind::Dir) && !r.is_whiteout() {
-                    self.origins.remove(&r.ino);
-                }
+            if let (Some(r), Some(d)) = (real, &dst)
+                && d.in_upper()
+                && (r.nlink <= 1 || r.kind() == FileKind::Dir)
+                && !r.is_whiteout()
+            {
+                self.origins.remove(&r.ino);
             }
             let _ = work;
         }

@@ -84,11 +84,7 @@ impl From<std::io::Error> for Errno {
 pub type SysResult<T> = Result<T, Errno>;
 
 fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
-    if ret < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(ret)
-    }
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
 }
 
 fn check_size(ret: libc::ssize_t) -> SysResult<usize> {
@@ -247,7 +243,8 @@ pub fn fstatat(dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<Stat> {
     // SAFETY: `st` is a valid out pointer; the kernel fills it on success.
     check(unsafe { libc::fstatat(dirfd.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) })?;
     // SAFETY: fstatat returned 0, so `st` is initialised.
-    Ok(Stat::from_libc(unsafe { &st.assume_init() }))
+    let st = unsafe { st.assume_init() };
+    Ok(Stat::from_libc(&st))
 }
 
 /// `fstat` of an fd (`O_PATH` fds included).
@@ -392,11 +389,11 @@ pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> SysResult<usize> 
 /// that only has an `O_PATH` handle (its parent directory's).
 pub fn proc_fd_path(fd: BorrowedFd<'_>, name: Option<&CStr>) -> CString {
     let mut s = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
-    if let Some(n) = name {
-        if !n.is_empty() {
-            s.push(b'/');
-            s.extend_from_slice(n.to_bytes());
-        }
+    if let Some(n) = name
+        && !n.is_empty()
+    {
+        s.push(b'/');
+        s.extend_from_slice(n.to_bytes());
     }
     // No interior NUL: the digits are ASCII and `name` is a CStr.
     CString::new(s).unwrap_or_default()
@@ -673,11 +670,7 @@ pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> SysRes
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
     // SAFETY: plain syscall on a valid fd.
     let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r)
-    }
+    if r < 0 { Err(Errno::last()) } else { Ok(r) }
 }
 
 /// `copy_file_range` between explicit offsets; returns bytes copied.
@@ -702,6 +695,22 @@ pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> SysResult<()> {
     // SAFETY: FICLONE takes the source fd as its integer argument.
     check(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) })?;
     Ok(())
+}
+
+/// `flock(fd, LOCK_EX or LOCK_SH)`, waiting for the lock; with `nonblock`,
+/// `EWOULDBLOCK` when someone else holds it. Released when the fd closes.
+pub fn flock(fd: BorrowedFd<'_>, exclusive: bool, nonblock: bool) -> SysResult<()> {
+    let mut op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    if nonblock {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: plain syscall on a valid fd.
+        match check(unsafe { libc::flock(fd.as_raw_fd(), op) }) {
+            Err(Errno(libc::EINTR)) => continue,
+            r => return r.map(drop),
+        }
+    }
 }
 
 /// Sets the process umask (the daemon applies each caller's umask itself).

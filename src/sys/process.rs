@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::{check, Errno, SysResult};
+use super::{Errno, SysResult, check};
 
 /// Which side of a `fork` we are on.
 pub enum Forked {
