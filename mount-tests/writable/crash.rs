@@ -31,7 +31,11 @@ fn lower_bytes(idx: usize, len: usize) -> Vec<u8> {
 
 /// The byte the writers append at position `k` after the lower content of file `idx`.
 fn app_byte(idx: usize, k: u64) -> u8 {
-    (k.wrapping_mul(31).wrapping_add(idx as u64 * 17).wrapping_add(k / 7) % 251) as u8 + 1
+    (k.wrapping_mul(31)
+        .wrapping_add(idx as u64 * 17)
+        .wrapping_add(k / 7)
+        % 251) as u8
+        + 1
 }
 
 fn crash_stack(r: &mut Rng) -> (Stack, Vec<String>) {
@@ -147,7 +151,11 @@ fn start_writers(mnt: &Path, names: &[String], lowers: &Arc<Vec<Vec<u8>>>, seed:
                         ));
                     }
                     let k0 = (st.st_size - lower_len) as u64;
-                    let len = if r.chance(20) { 1 + r.below(20_000) } else { 1 + r.below(300) };
+                    let len = if r.chance(20) {
+                        1 + r.below(20_000)
+                    } else {
+                        1 + r.below(300)
+                    };
                     let data: Vec<u8> = (k0..k0 + len).map(|k| app_byte(*idx, k)).collect();
                     if write(&fd, &data).is_err() {
                         return Ok(ops);
@@ -204,7 +212,9 @@ fn check_upper(upper: &Path, index: &BTreeMap<String, usize>, lowers: &[Vec<u8>]
             common::Kind::Dir => {}
             common::Kind::File => match index.get(&rel) {
                 Some(&i) => {
-                    if let Err(e) = check_content(i, &lowers[i], n.content.as_deref().unwrap_or(&[])) {
+                    if let Err(e) =
+                        check_content(i, &lowers[i], n.content.as_deref().unwrap_or(&[]))
+                    {
                         out.push(format!("upper/{rel}: {e}"));
                     }
                 }
@@ -264,7 +274,11 @@ pub fn crash_safety() {
         })
         .collect();
     let lowers = Arc::new(lowers);
-    let index: BTreeMap<String, usize> = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+    let index: BTreeMap<String, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), i))
+        .collect();
     let mnt_path = base.join("m");
     let log = base.join("layerfs.log");
     let mut fails: Vec<String> = Vec::new();
@@ -291,7 +305,10 @@ pub fn crash_safety() {
             .arg(m.path())
             .output();
         if !wait_until(Duration::from_secs(10), || !common::is_mounted(&mnt_path)) {
-            panic!("could not lazily unmount the dead mount {}: {out:?}", mnt_path.display());
+            panic!(
+                "could not lazily unmount the dead mount {}: {out:?}",
+                mnt_path.display()
+            );
         }
         m.disarm();
         let appended = w.appended.load(Ordering::Relaxed);
@@ -304,6 +321,10 @@ pub fn crash_safety() {
         for e in werr {
             fails.push(format!("round {round}: writer: {e}"));
         }
+        let leftovers = common::list_names(&work.join("work"))
+            .map(|v| v.len())
+            .unwrap_or(0);
+        eprintln!("  {leftovers} leftover(s) in work/work at the kill (an interrupted copy-up)");
         for e in check_upper(&upper, &index, &lowers) {
             fails.push(format!("round {round} (after kill): {e}"));
         }
@@ -344,8 +365,13 @@ pub fn crash_safety() {
                 let mut kview = common::scan_tree(k.path(), &opts);
                 normalize_times(&mut kview);
                 normalize_times(&mut lview);
-                for d in common::diff_scans(&kview, &lview, &opts).into_iter().take(20) {
-                    fails.push(format!("kernel view of the final upper vs layerfs view: {d}"));
+                for d in common::diff_scans(&kview, &lview, &opts)
+                    .into_iter()
+                    .take(20)
+                {
+                    fails.push(format!(
+                        "kernel view of the final upper vs layerfs view: {d}"
+                    ));
                 }
                 drop(k);
             }
@@ -355,7 +381,15 @@ pub fn crash_safety() {
     drop(mnt);
     if !fails.is_empty() {
         let logtext = fs::read_to_string(&log).unwrap_or_default();
-        let tail: String = logtext.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = logtext
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         fails.push(format!("layerfs log tail:\n{tail}"));
         if std::env::var("LAYERFS_CRASH_KEEP").as_deref() == Ok("1") {
             let p: PathBuf = dir.keep();
@@ -363,4 +397,29 @@ pub fn crash_safety() {
         }
     }
     assert_no_failures("crash_safety", &fails);
+}
+
+#[test]
+fn check_content_detects_partial_and_torn_files() {
+    let lower = lower_bytes(3, 100);
+    let mut good = lower.clone();
+    good.extend((0..50).map(|k| app_byte(3, k)));
+    assert!(check_content(3, &lower, &lower).is_ok());
+    assert!(check_content(3, &lower, &good).is_ok());
+    assert!(
+        check_content(3, &lower, &lower[..60]).is_err(),
+        "partial copy-up"
+    );
+    let mut torn = good.clone();
+    torn[120] = 0;
+    assert!(
+        check_content(3, &lower, &torn).is_err(),
+        "hole in appended data"
+    );
+    let mut bad = good.clone();
+    bad[10] ^= 1;
+    assert!(
+        check_content(3, &lower, &bad).is_err(),
+        "changed lower byte"
+    );
 }

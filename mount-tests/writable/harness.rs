@@ -252,8 +252,7 @@ pub fn mount_layerfs_foreground(
         child: Some(child),
     };
     let ok = wait_until(Duration::from_secs(10), || {
-        common::is_mounted(&target)
-            || matches!(m.child.as_mut().unwrap().try_wait(), Ok(Some(_)))
+        common::is_mounted(&target) || matches!(m.child.as_mut().unwrap().try_wait(), Ok(Some(_)))
     });
     if !ok || !common::is_mounted(&target) {
         let log = fs::read_to_string(log).unwrap_or_default();
@@ -360,7 +359,10 @@ impl WFixture {
         self.kmnt.as_ref().expect("kernel side not mounted").path()
     }
     pub fn f(&self) -> &Path {
-        self.fmnt.as_ref().expect("side under test not mounted").path()
+        self.fmnt
+            .as_ref()
+            .expect("side under test not mounted")
+            .path()
     }
 
     /// Unmounts both sides (errors are returned as failures).
@@ -478,7 +480,8 @@ pub fn compare_uppers(a: &Path, b: &Path) -> Vec<String> {
     for e in sa.errors.iter().chain(&sb.errors) {
         out.push(format!("scan error: {e}"));
     }
-    let keys: std::collections::BTreeSet<&PathBuf> = sa.nodes.keys().chain(sb.nodes.keys()).collect();
+    let keys: std::collections::BTreeSet<&PathBuf> =
+        sa.nodes.keys().chain(sb.nodes.keys()).collect();
     for k in keys {
         let p = format!("/{}", k.display());
         let (x, y) = match (sa.nodes.get(k), sb.nodes.get(k)) {
@@ -502,10 +505,11 @@ pub fn compare_uppers(a: &Path, b: &Path) -> Vec<String> {
             continue;
         }
         match x.kind {
-            Kind::Char => {
-                if x.rdev != 0 || y.rdev != 0 {
-                    out.push(format!("{p}: char device rdev {:#x} vs {:#x}", x.rdev, y.rdev));
-                }
+            Kind::Char if (x.rdev != 0 || y.rdev != 0) => {
+                out.push(format!(
+                    "{p}: char device rdev {:#x} vs {:#x}",
+                    x.rdev, y.rdev
+                ));
             }
             Kind::File => {
                 if x.content != y.content {
@@ -518,10 +522,8 @@ pub fn compare_uppers(a: &Path, b: &Path) -> Vec<String> {
                     out.push(format!("{p}: nlink {} vs {}", x.nlink, y.nlink));
                 }
             }
-            Kind::Symlink => {
-                if x.target != y.target {
-                    out.push(format!("{p}: target {:?} vs {:?}", x.target, y.target));
-                }
+            Kind::Symlink if x.target != y.target => {
+                out.push(format!("{p}: target {:?} vs {:?}", x.target, y.target));
             }
             Kind::Dir => {
                 let (oa, ob) = (opaque_of(&a.join(k)), opaque_of(&b.join(k)));
@@ -739,7 +741,11 @@ pub fn utimens(p: &Path, atime: (i64, i64), mtime: (i64, i64), nofollow: bool) -
             tv_nsec: mtime.1 as _,
         },
     ];
-    let fl = if nofollow { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
+    let fl = if nofollow {
+        libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        0
+    };
     rc(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), fl) })
 }
 pub fn lsetxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> Res<()> {

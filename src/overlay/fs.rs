@@ -53,13 +53,32 @@ pub fn is_internal_xattr(name: &[u8]) -> bool {
     HIDDEN_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// Another name of a hard link: parent directory and name.
+pub(super) type Alias = (Ino, Box<[u8]>);
+
 #[derive(Debug)]
 pub(super) struct Node {
+    /// The name operations use; for a hard link, one of its names.
     pub(super) parent: Ino,
     pub(super) name: Box<[u8]>,
+    /// The other names of a hard link seen through the mount (each, like the
+    /// main name, holds a reference on its parent). Usually `None`.
+    // Boxed so that the common case (no other name) costs one pointer.
+    #[allow(clippy::box_collection)]
+    pub(super) aliases: Option<Box<Vec<Alias>>>,
     pub(super) kind: FileKind,
     pub(super) layers: Box<[LayerIdx]>,
     pub(super) refs: u64,
+}
+
+impl Node {
+    fn has_name(&self, parent: Ino, name: &[u8]) -> bool {
+        (self.parent == parent && *self.name == *name)
+            || self
+                .aliases
+                .as_ref()
+                .is_some_and(|a| a.iter().any(|(p, n)| *p == parent && **n == *name))
+    }
 }
 
 /// A copy of a node's fields, taken so that no guard is held afterwards.
@@ -94,6 +113,8 @@ pub enum Handle {
     File {
         ino: Ino,
         fd: Arc<OwnedFd>,
+        /// The fd is the upper-layer file (not a lower one opened read-only).
+        upper: bool,
     },
     /// The listing is read on the first readdir, not at opendir: when the
     /// kernel still caches the directory, it never asks.
@@ -111,8 +132,12 @@ pub(super) struct Loc {
 }
 
 impl Loc {
+    /// Its stat; a whiteout found there means the name is gone.
     pub(super) fn stat(&self) -> SysResult<Stat> {
-        sys::fstatat(self.fd.as_fd(), &self.name)
+        match sys::fstatat(self.fd.as_fd(), &self.name)? {
+            st if st.is_whiteout() => Err(Errno::ENOENT),
+            st => Ok(st),
+        }
     }
     pub(super) fn proc_path(&self) -> CString {
         sys::proc_fd_path(self.fd.as_fd(), Some(&self.name))
@@ -161,6 +186,9 @@ pub struct Overlay {
     /// Upper-layer inode number -> the merged inode it was copied up for, so
     /// that a file keeps its inode number across copy-up.
     pub(super) origins: DashMap<u64, Ino>,
+    /// Last attributes of files whose every name was removed while the
+    /// kernel still holds them (open descriptors), until forgotten.
+    orphans: DashMap<Ino, Stat>,
     /// The writable side; `None` for a read-only mount.
     pub(super) upper: Option<super::write::Upper>,
 }
@@ -196,6 +224,7 @@ impl Overlay {
             Node {
                 parent: Ino::ROOT,
                 name: Box::new([]),
+                aliases: None,
                 kind: FileKind::Dir,
                 layers: stack.all().into_boxed_slice(),
                 refs: 1,
@@ -213,6 +242,7 @@ impl Overlay {
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
             origins: DashMap::new(),
+            orphans: DashMap::new(),
             upper,
         })
     }
@@ -340,7 +370,10 @@ impl Overlay {
         if rules::is_reserved_name(name) {
             return Err(Errno::ENOENT);
         }
-        let found = self.resolve_name(parent, name)?.ok_or(Errno::ENOENT)?;
+        let mut found = self.resolve_name(parent, name)?.ok_or(Errno::ENOENT)?;
+        if self.upper.is_some() && !found.is_dir() && !found.in_upper() {
+            self.link_up_alias(parent, name, &mut found);
+        }
         let kind = found.stat.kind();
         self.remember(found.ino, parent, name, kind, found.layers);
         Ok(found.stat)
@@ -426,9 +459,8 @@ impl Overlay {
         }))
     }
 
-    /// Records one more kernel reference to `ino`, creating its node. An
-    /// existing node moves to this name: for hard links the most recently
-    /// resolved name is the one known to exist.
+    /// Records one more kernel reference to `ino`, creating its node. A new
+    /// name of an existing node (a hard link) becomes an alias.
     pub(super) fn remember(
         &self,
         ino: Ino,
@@ -437,58 +469,110 @@ impl Overlay {
         kind: FileKind,
         layers: Box<[LayerIdx]>,
     ) {
-        let mut old_parent = None;
-        let mut created = false;
+        let mut new_name = false;
         self.nodes
             .entry(ino)
             .and_modify(|n| {
                 n.refs += 1;
-                if n.parent != parent || *n.name != *name {
-                    old_parent = Some(n.parent);
-                    n.parent = parent;
-                    n.name = name.into();
+                if !n.has_name(parent, name) {
+                    new_name = true;
+                    n.aliases
+                        .get_or_insert_with(Default::default)
+                        .push((parent, name.into()));
                 }
-                // The fresh resolution is the truth (a hard link's other
-                // name may still be below after one name was copied up).
-                n.layers = layers.clone();
+                // A copied-up file stays where it was copied to: its other
+                // names below are aliases of the upper copy.
+                let upper_copy = n.kind != FileKind::Dir
+                    && self.upper.is_some()
+                    && n.layers.first() == Some(&LayerIdx(0));
+                if !upper_copy {
+                    n.layers = layers.clone();
+                }
             })
             .or_insert_with(|| {
-                created = true;
+                new_name = true;
                 Node {
                     parent,
                     name: name.into(),
+                    aliases: None,
                     kind,
                     layers,
                     refs: 1,
                 }
             });
-        if (created || old_parent.is_some())
-            && let Some(mut p) = self.nodes.get_mut(&parent)
-        {
+        if new_name && let Some(mut p) = self.nodes.get_mut(&parent) {
             p.refs += 1;
-        }
-        if let Some(old) = old_parent {
-            self.forget(old, 1);
         }
     }
 
-    /// Moves node `ino` to `parent`/`name` after a rename, keeping the
-    /// child references of both parents right.
-    pub(super) fn move_node(&self, ino: Ino, parent: Ino, name: &[u8]) {
-        let old_parent = match self.nodes.get_mut(&ino) {
+    /// Renames one name of node `ino` from `old` to `new`, keeping the child
+    /// references of both parents right.
+    pub(super) fn move_node(&self, ino: Ino, old: (Ino, &[u8]), new: (Ino, &[u8])) {
+        let moved = match self.nodes.get_mut(&ino) {
             Some(mut n) => {
-                let old = n.parent;
-                n.parent = parent;
-                n.name = name.into();
-                old
+                if n.parent == old.0 && *n.name == *old.1 {
+                    n.parent = new.0;
+                    n.name = new.1.into();
+                    true
+                } else if let Some(a) = n
+                    .aliases
+                    .as_mut()
+                    .and_then(|a| a.iter_mut().find(|(p, nm)| *p == old.0 && **nm == *old.1))
+                {
+                    *a = (new.0, new.1.into());
+                    true
+                } else {
+                    false
+                }
             }
             None => return,
         };
-        if old_parent != parent {
-            if let Some(mut p) = self.nodes.get_mut(&parent) {
+        if moved && old.0 != new.0 {
+            if let Some(mut p) = self.nodes.get_mut(&new.0) {
                 p.refs += 1;
             }
-            self.forget(old_parent, 1);
+            self.forget(old.0, 1);
+        }
+    }
+
+    /// Forgets name `parent`/`name` of node `ino` after it was removed. If it
+    /// was the main name, another name of the hard link takes its place; the
+    /// last name stays (an open file may still use the node).
+    /// `last` is the object's stat before the removal: if that was its last
+    /// name, it stays reachable (with nlink 0) for descriptors still open on
+    /// it, such as fifos, which never reach the daemon.
+    pub(super) fn drop_name(&self, ino: Ino, parent: Ino, name: &[u8], last: Option<Stat>) {
+        if let Some(mut st) = last
+            && st.nlink <= 1
+            && st.kind() != FileKind::Dir
+        {
+            st.nlink = 0;
+            self.orphans.insert(ino, st);
+        }
+        let released = match self.nodes.get_mut(&ino) {
+            Some(mut n) => {
+                let n = &mut *n;
+                if n.parent == parent && *n.name == *name {
+                    match n.aliases.as_mut().and_then(|a| a.pop()) {
+                        Some((p, nm)) => {
+                            n.parent = p;
+                            n.name = nm;
+                            true
+                        }
+                        None => false,
+                    }
+                } else if let Some(a) = n.aliases.as_mut() {
+                    let before = a.len();
+                    a.retain(|(p, nm)| !(*p == parent && **nm == *name));
+                    a.len() != before
+                } else {
+                    false
+                }
+            }
+            None => false,
+        };
+        if released {
+            self.forget(parent, 1);
         }
     }
 
@@ -499,32 +583,30 @@ impl Overlay {
         }
     }
 
-    /// Drops `n` kernel references to `ino`, freeing nodes that reach zero.
+    /// Drops `n` kernel references to `ino`, freeing nodes that reach zero
+    /// (which releases their references on their parents).
     pub fn forget(&self, ino: Ino, n: u64) {
-        let mut ino = ino;
-        let mut n = n;
-        while ino != Ino::ROOT {
-            let parent = {
-                let Some(mut node) = self.nodes.get_mut(&ino) else {
-                    return;
-                };
-                node.refs = node.refs.saturating_sub(n);
-                if node.refs > 0 {
-                    return;
-                }
-                node.parent
+        if ino == Ino::ROOT {
+            return;
+        }
+        {
+            let Some(mut node) = self.nodes.get_mut(&ino) else {
+                return;
             };
-            // Re-check under the removal: a lookup may have raced in.
-            if self
-                .nodes
-                .remove_if(&ino, |_, node| node.refs == 0)
-                .is_none()
-            {
+            node.refs = node.refs.saturating_sub(n);
+            if node.refs > 0 {
                 return;
             }
-            self.forget_caches(ino);
-            ino = parent;
-            n = 1;
+        }
+        // Re-check under the removal: a lookup may have raced in.
+        let Some((_, node)) = self.nodes.remove_if(&ino, |_, node| node.refs == 0) else {
+            return;
+        };
+        self.forget_caches(ino);
+        self.orphans.remove(&ino);
+        self.forget(node.parent, 1);
+        for (p, _) in node.aliases.into_iter().flat_map(|a| *a) {
+            self.forget(p, 1);
         }
     }
 
@@ -556,7 +638,13 @@ impl Overlay {
     pub fn getattr(&self, ino: Ino) -> SysResult<Stat> {
         let layers = self.node_info(ino)?.layers;
         let loc = self.loc(ino)?;
-        let mut st = loc.stat()?;
+        let mut st = match loc.stat() {
+            Err(Errno::ENOENT) => match self.open_upper_fd(ino) {
+                Some(fd) => sys::fstat(fd.as_fd())?,
+                None => return self.orphans.get(&ino).map(|s| *s).ok_or(Errno::ENOENT),
+            },
+            r => r?,
+        };
         if ino != Ino::ROOT {
             st.ino = ino.0;
         } else {
@@ -619,13 +707,27 @@ impl Overlay {
         let fh = self.new_handle(Handle::File {
             ino,
             fd: fd.clone(),
+            upper: in_upper,
         });
         Ok((fh, fd, in_upper))
     }
 
     /// Registers an fd opened by `create` as a handle.
-    pub(super) fn add_file_handle(&self, ino: Ino, fd: Arc<OwnedFd>) -> u64 {
-        self.new_handle(Handle::File { ino, fd })
+    pub(super) fn add_file_handle(&self, ino: Ino, fd: Arc<OwnedFd>, upper: bool) -> u64 {
+        self.new_handle(Handle::File { ino, fd, upper })
+    }
+
+    /// An open upper-layer fd of `ino`, if any: the way to reach a file whose
+    /// every name was removed while it is open.
+    pub(super) fn open_upper_fd(&self, ino: Ino) -> Option<Arc<OwnedFd>> {
+        self.handles.iter().find_map(|h| match &**h.value() {
+            Handle::File {
+                ino: i,
+                fd,
+                upper: true,
+            } if *i == ino => Some(fd.clone()),
+            _ => None,
+        })
     }
 
     /// Reads up to `size` bytes at `offset` from an open file.

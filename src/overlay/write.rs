@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, info, warn};
 
-use super::fs::{Found, Handle, Overlay, is_internal_xattr};
+use super::fs::{Found, Handle, Loc, Overlay, is_internal_xattr};
 use super::layers::Stack;
 use super::rules;
 use super::types::{Ino, LayerIdx};
@@ -397,7 +397,15 @@ impl Overlay {
             {
                 sys::fsync(fd.as_fd(), false)?;
             }
-            sys::renameat2(work, &tmp, dst_pfd.as_fd(), &name, libc::RENAME_NOREPLACE)
+            // A copy-up is not a change of the parent: keep its times.
+            let pst = sys::fstat(dst_pfd.as_fd())?;
+            sys::renameat2(work, &tmp, dst_pfd.as_fd(), &name, libc::RENAME_NOREPLACE)?;
+            sys::utimensat(
+                dst_pfd.as_fd(),
+                c"",
+                SetTime::At(pst.atime),
+                SetTime::At(pst.mtime),
+            )
         };
         if let Err(e) = finish() {
             let _ = remove_tree(work, &tmp);
@@ -418,7 +426,62 @@ impl Overlay {
         };
         self.set_layers(ino, layers);
         debug!("copied up {} ({ino})", String::from_utf8_lossy(&info.name));
+        drop(_guard);
+        if st.kind() != FileKind::Dir && st.nlink > 1 {
+            self.link_up_known_aliases(ino);
+        }
         Ok(())
+    }
+
+    /// After a copy-up of one name of a lower hard link, links every other
+    /// name of it seen through this mount to the copy, so they keep sharing
+    /// data (kernel overlayfs's index=on behaviour).
+    fn link_up_known_aliases(&self, ino: Ino) {
+        let aliases: Vec<(Ino, Box<[u8]>)> = match self.nodes.get(&ino) {
+            Some(n) => n.aliases.iter().flat_map(|a| a.iter().cloned()).collect(),
+            None => return,
+        };
+        for (parent, name) in aliases {
+            match self.resolve_name(parent, &name) {
+                Ok(Some(mut found)) if found.ino == ino && !found.in_upper() => {
+                    self.link_up_alias(parent, &name, &mut found)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A lower name whose inode was copied up through another name of the
+    /// same hard link is linked to that copy in the upper layer, so every
+    /// name sees the same data (kernel overlayfs's index=on behaviour, for
+    /// the names seen during this mount). Failure leaves the name below.
+    pub(super) fn link_up_alias(&self, parent: Ino, name: &[u8], found: &mut Found) {
+        let copied = self
+            .nodes
+            .get(&found.ino)
+            .is_some_and(|n| n.layers.first() == Some(&UPPER));
+        if !copied {
+            return;
+        }
+        let r = (|| -> SysResult<Stat> {
+            let src = self.loc(found.ino)?;
+            let pfd = self.upper_dir(parent)?;
+            let cname = sys::cstr(OsStr::from_bytes(name))?;
+            sys::linkat(src.fd.as_fd(), &src.name, pfd.as_fd(), &cname)?;
+            self.invalidate_listing(parent);
+            sys::fstatat(pfd.as_fd(), &cname)
+        })();
+        match r {
+            Ok(mut st) => {
+                st.ino = found.ino.0;
+                found.stat = st;
+                found.layers = Box::new([UPPER]);
+            }
+            Err(e) => debug!(
+                "cannot link {} to its copied-up inode: {e}",
+                String::from_utf8_lossy(name)
+            ),
+        }
     }
 
     /// Writes a whiteout for `name` in upper directory `pfd`, where nothing
@@ -501,6 +564,27 @@ impl Overlay {
         c: Caller,
         mut make: impl FnMut(BorrowedFd<'_>, &CStr) -> SysResult<()>,
     ) -> SysResult<Stat> {
+        let st = self.create_object_inner(parent, name, c, &mut make)?;
+        Ok(st)
+    }
+
+    /// Re-applies setuid/setgid bits that the ownership change cleared.
+    fn restore_suid(&self, parent: Ino, name: &[u8], perm: u32) -> SysResult<()> {
+        if perm & 0o6000 == 0 {
+            return Ok(());
+        }
+        let pfd = self.dir_fd(parent, UPPER)?;
+        let cname = sys::cstr(OsStr::from_bytes(name))?;
+        sys::fchmodat(pfd.as_fd(), &cname, perm)
+    }
+
+    fn create_object_inner(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        c: Caller,
+        make: &mut dyn FnMut(BorrowedFd<'_>, &CStr) -> SysResult<()>,
+    ) -> SysResult<Stat> {
         self.check_new_name(parent, name)?;
         let up = self.upper()?;
         let pfd = self.upper_dir(parent)?;
@@ -566,7 +650,7 @@ impl Overlay {
     ) -> SysResult<Stat> {
         let perm = mode & !c.umask & 0o7777;
         let ty = mode & libc::S_IFMT;
-        self.create_object(parent, name, c, |fd, n| {
+        let mut st = self.create_object(parent, name, c, |fd, n| {
             if ty == libc::S_IFREG || ty == 0 {
                 drop(sys::openat(
                     fd,
@@ -578,7 +662,12 @@ impl Overlay {
             } else {
                 sys::mknodat(fd, n, ty | perm, rdev)
             }
-        })
+        })?;
+        if perm & 0o6000 != 0 {
+            self.restore_suid(parent, name, perm)?;
+            st.mode = (st.mode & libc::S_IFMT) | perm;
+        }
+        Ok(st)
     }
 
     /// `symlink`.
@@ -608,8 +697,13 @@ impl Overlay {
             )?);
             Ok(())
         })?;
+        let mut st = st;
+        if perm & 0o6000 != 0 {
+            self.restore_suid(parent, name, perm)?;
+            st.mode = (st.mode & libc::S_IFMT) | perm;
+        }
         let fd = Arc::new(opened.ok_or(Errno::EIO)?);
-        let fh = self.add_file_handle(Ino(st.ino), fd.clone());
+        let fh = self.add_file_handle(Ino(st.ino), fd.clone(), true);
         Ok((st, fh, fd))
     }
 
@@ -706,7 +800,9 @@ impl Overlay {
             return Err(Errno::EISDIR);
         }
         let pfd = self.upper_dir(parent)?;
-        self.remove_upper_and_whiteout(parent, &pfd, name, &found)
+        self.remove_upper_and_whiteout(parent, &pfd, name, &found)?;
+        self.drop_name(found.ino, parent, name, Some(found.stat));
+        Ok(())
     }
 
     /// True if directory `found` shows no entry in the merged view.
@@ -737,6 +833,7 @@ impl Overlay {
         let pfd = self.upper_dir(parent)?;
         self.remove_upper_and_whiteout(parent, &pfd, name, &found)?;
         self.invalidate_listing(found.ino);
+        self.drop_name(found.ino, parent, name, None);
         Ok(())
     }
 
@@ -803,6 +900,15 @@ impl Overlay {
         let cnew = sys::cstr(OsStr::from_bytes(newname))?;
         let work = up.work.as_fd();
         if exchange {
+            // Each directory that lands in a merged directory becomes opaque,
+            // as with a plain rename below.
+            if src.is_dir() && self.node_info(newparent)?.layers.len() > 1 {
+                self.set_opaque(opfd.as_fd(), &cname)?;
+            }
+            if dst.as_ref().is_some_and(|d| d.is_dir()) && self.node_info(parent)?.layers.len() > 1
+            {
+                self.set_opaque(npfd.as_fd(), &cnew)?;
+            }
             sys::renameat2(
                 opfd.as_fd(),
                 &cname,
@@ -827,7 +933,13 @@ impl Overlay {
                 })?;
                 clear_dir(fd.as_fd())?;
             }
-            if src.is_dir() && (dst_below || dst_entry == UpperEntry::ChardevWhiteout) {
+            // Like kernel overlayfs: a directory moved into a merged
+            // directory, or over something below, must not merge with
+            // whatever that layer holds under its new name.
+            let merged_parent = self.node_info(newparent)?.layers.len() > 1;
+            if src.is_dir()
+                && (dst_below || merged_parent || dst_entry == UpperEntry::ChardevWhiteout)
+            {
                 self.set_opaque(opfd.as_fd(), &cname)?;
             }
             let real = sys::fstatat(npfd.as_fd(), &cnew).ok();
@@ -876,9 +988,16 @@ impl Overlay {
         }
         self.invalidate_listing(parent);
         self.invalidate_listing(newparent);
-        self.move_node(src.ino, newparent, newname);
-        if let (Some(d), true) = (&dst, exchange) {
-            self.move_node(d.ino, parent, name);
+        match (&dst, exchange) {
+            (Some(d), true) => {
+                self.move_node(src.ino, (parent, name), (newparent, newname));
+                self.move_node(d.ino, (newparent, newname), (parent, name));
+            }
+            (Some(d), false) => {
+                self.drop_name(d.ino, newparent, newname, Some(d.stat));
+                self.move_node(src.ino, (parent, name), (newparent, newname));
+            }
+            (None, _) => self.move_node(src.ino, (parent, name), (newparent, newname)),
         }
         Ok(())
     }
@@ -891,23 +1010,33 @@ impl Overlay {
         self.upper()?;
         let truncating_all = a.size == Some(0);
         self.copy_up(ino, !truncating_all)?;
-        let loc = self.loc(ino)?;
+        let mut loc = self.loc(ino)?;
+        // Every name may be gone while the file is open: then its open
+        // upper fd is the file.
+        let open_fd = match loc.stat() {
+            Err(Errno::ENOENT) => {
+                let fd = self.open_upper_fd(ino).ok_or(Errno::ENOENT)?;
+                loc = Loc {
+                    fd: fd.clone(),
+                    name: CString::default(),
+                };
+                Some(fd)
+            }
+            _ => None,
+        };
         if let Some(size) = a.size {
+            // A handle opened read-only before a copy-up still points below.
             let handle_fd = fh
                 .and_then(|fh| self.handle(fh).ok())
                 .and_then(|h| match &*h {
-                    Handle::File { fd, .. } => Some(fd.clone()),
+                    Handle::File {
+                        fd, upper: true, ..
+                    } => Some(fd.clone()),
                     _ => None,
                 });
-            // A handle opened before a copy-up may still point below.
-            let in_upper = handle_fd
-                .as_ref()
-                .and_then(|fd| sys::fstat(fd.as_fd()).ok())
-                .zip(loc.stat().ok())
-                .is_some_and(|(a, b)| a.ino == b.ino && a.dev == b.dev);
-            match handle_fd {
-                Some(fd) if in_upper => sys::ftruncate(fd.as_fd(), size)?,
-                _ => {
+            match handle_fd.or(open_fd) {
+                Some(fd) => sys::ftruncate(fd.as_fd(), size)?,
+                None => {
                     let fd = sys::openat(
                         loc.fd.as_fd(),
                         &loc.name,
