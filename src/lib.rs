@@ -7,4 +7,5 @@
 pub mod cli;
 pub mod fuse;
 pub mod overlay;
+pub mod store;
 pub mod sys;

@@ -5,8 +5,16 @@
 //! Dispatch: a first argument that names a subcommand (or asks for help or the
 //! version) goes to clap; anything else is the compat form.
 
+pub mod history;
+pub mod images;
+pub mod import;
+pub mod inspect;
+pub mod load;
 pub mod mount;
 pub mod options;
+pub mod prune;
+pub mod rmi;
+pub mod tag;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -55,22 +63,61 @@ EXAMPLES:
 #[derive(Parser, Debug)]
 #[command(name = "layerfs", version, after_help = COMPAT_HELP)]
 pub struct Cli {
+    /// The image store (default: /var/lib/layerfs for root, else
+    /// $XDG_DATA_HOME/layerfs or ~/.local/share/layerfs).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Mount a stack of layer directories (first --layer on top).
+    /// Mount an image from the store, or a stack of layer directories (first --layer on top).
+    #[command(allow_missing_positional = true)]
     Mount(mount::MountArgs),
+    /// Load images from a docker save archive or an OCI layout (dir or tar).
+    Load(load::LoadArgs),
+    /// Import one layer tarball (plain, gzip or zstd) as a one-layer image.
+    Import(import::ImportArgs),
+    /// List images.
+    Images(images::ImagesArgs),
+    /// Show the history of an image.
+    History(history::HistoryArgs),
+    /// Show details of images as JSON.
+    Inspect(inspect::InspectArgs),
+    /// Give an image another name.
+    Tag(tag::TagArgs),
+    /// Remove images (untag; delete when the last tag goes).
+    Rmi(rmi::RmiArgs),
+    /// Delete layers and blobs no image or container uses.
+    Prune(prune::PruneArgs),
 }
 
-const SUBCOMMANDS: &[&str] = &["mount", "help", "-h", "--help", "-V", "--version"];
+const SUBCOMMANDS: &[&str] = &[
+    "mount",
+    "load",
+    "import",
+    "images",
+    "history",
+    "inspect",
+    "tag",
+    "rmi",
+    "prune",
+    "help",
+    "-h",
+    "--help",
+    "-V",
+    "--version",
+    "--root",
+];
 
 /// Runs the command line; returns the process exit code.
 pub fn main(args: Vec<String>) -> i32 {
     let first = args.get(1).map(String::as_str);
-    if args.len() <= 1 || first.is_some_and(|a| SUBCOMMANDS.contains(&a)) {
+    if args.len() <= 1
+        || first.is_some_and(|a| SUBCOMMANDS.contains(&a) || a.starts_with("--root="))
+    {
         let cli = match Cli::try_parse_from(&args) {
             Ok(c) => c,
             Err(e) => {
@@ -78,14 +125,23 @@ pub fn main(args: Vec<String>) -> i32 {
                 return if e.use_stderr() { 2 } else { 0 };
             }
         };
+        let store = crate::store::Store::at(cli.root);
         return match cli.command {
-            Command::Mount(m) => match m.into_request() {
+            Command::Mount(m) => match m.into_request(&store) {
                 Ok(req) => mount::run(req),
                 Err(e) => {
                     eprintln!("layerfs: {e}");
                     2
                 }
             },
+            Command::Load(a) => load::run(a, &store),
+            Command::Import(a) => import::run(a, &store),
+            Command::Images(a) => images::run(a, &store),
+            Command::History(a) => history::run(a, &store),
+            Command::Inspect(a) => inspect::run(a, &store),
+            Command::Tag(a) => tag::run(a, &store),
+            Command::Rmi(a) => rmi::run(a, &store),
+            Command::Prune(a) => prune::run(a, &store),
         };
     }
     match options::parse_compat(&args[1..]) {

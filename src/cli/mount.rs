@@ -18,6 +18,7 @@ use super::options::{Flag, MountOptions, OptionError};
 use crate::fuse::{self, FuseOptions, LayerFs, MountSpec};
 use crate::overlay::layers::{self, Overlap};
 use crate::overlay::{Overlay, Stack, StackError, UpperOptions};
+use crate::store::{Store, StoreError};
 use crate::sys::{self, process};
 
 /// `layerfs mount`: the friendly spelling of the fuse-overlayfs command line.
@@ -41,6 +42,10 @@ pub struct MountArgs {
     /// Log every request to stderr (implies -f).
     #[arg(short = 'd', long)]
     pub debug: bool,
+    /// An image in the store (name[:tag] or ID): its layers become the
+    /// lower layers, top first.
+    #[arg(value_name = "IMAGE", conflicts_with = "layers")]
+    pub image: Option<String>,
     /// Where to mount the merged view.
     pub mountpoint: PathBuf,
 }
@@ -56,7 +61,8 @@ pub struct MountRequest {
 }
 
 impl MountArgs {
-    pub fn into_request(self) -> Result<MountRequest, MountError> {
+    /// The mount to perform; an image is looked up in `store`.
+    pub fn into_request(self, store: &Store) -> Result<MountRequest, MountError> {
         let mut options = MountOptions::default();
         for o in &self.options {
             options.apply(o).map_err(MountError::Option)?;
@@ -64,13 +70,19 @@ impl MountArgs {
         if !self.layers.is_empty() {
             options.lowerdirs = self.layers;
         }
+        let mut source = None;
+        if let Some(name) = &self.image {
+            let img = store.resolve(name).map_err(MountError::Image)?;
+            options.lowerdirs = store.layer_dirs(&img).map_err(MountError::Image)?;
+            source = Some(name.clone());
+        }
         if self.upper.is_some() {
             options.upperdir = self.upper;
             options.workdir = self.work;
         }
         Ok(MountRequest {
             options,
-            source: None,
+            source,
             mountpoint: self.mountpoint,
             foreground: self.foreground || self.debug,
             debug: self.debug,
@@ -101,6 +113,8 @@ pub enum MountError {
         cause: std::io::Error,
     },
     Daemon(String),
+    /// The image named on the command line is not usable.
+    Image(StoreError),
 }
 
 impl fmt::Display for MountError {
@@ -110,7 +124,7 @@ impl fmt::Display for MountError {
             MountError::NoLowerdir => {
                 write!(
                     f,
-                    "no lower layer given: use -o lowerdir=DIR[:DIR...] or --layer DIR"
+                    "no lower layer given: name an IMAGE from the store, or use -o lowerdir=DIR[:DIR...] or --layer DIR"
                 )
             }
             MountError::UpperWithoutWork => write!(f, "upperdir= needs workdir= as well"),
@@ -127,6 +141,7 @@ impl fmt::Display for MountError {
                 write!(f, "cannot mount on {}: {cause}", mountpoint.display())
             }
             MountError::Daemon(s) => f.write_str(s),
+            MountError::Image(e) => e.fmt(f),
         }
     }
 }

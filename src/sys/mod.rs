@@ -700,7 +700,11 @@ pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> SysResult<()> {
 /// `flock(fd, LOCK_EX or LOCK_SH)`, waiting for the lock; with `nonblock`,
 /// `EWOULDBLOCK` when someone else holds it. Released when the fd closes.
 pub fn flock(fd: BorrowedFd<'_>, exclusive: bool, nonblock: bool) -> SysResult<()> {
-    let mut op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    let mut op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
     if nonblock {
         op |= libc::LOCK_NB;
     }
