@@ -324,7 +324,10 @@ impl fuser::Filesystem for LayerFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Data is written through (or passed through) at write time, so a
+        // close has nothing to flush; ENOSYS makes the kernel stop sending
+        // FLUSH on every close, one round trip fewer per file.
+        reply.error(FErrno::ENOSYS);
     }
 
     fn release(
