@@ -45,12 +45,14 @@ echo "== /var/cache/big.db is whited out:"
 ls -la "$mnt"/var/cache
 echo "== /usr/share/doc is opaque in the update layer:"
 ls "$mnt"/usr/share/doc
-if echo "edited" >>"$mnt"/etc/passwd 2>/dev/null && rm "$mnt"/bin/hello 2>/dev/null; then
-    echo "== after editing /etc/passwd and deleting /bin/hello, the upper layer holds:"
-    (cd "$demo"/upper && find . -printf '%y %p\n' | sort)
-else
-    echo "== (writes are not supported by this build yet; the upper layer is untouched)"
-fi
+echo "edited" >>"$mnt"/etc/passwd
+rm "$mnt"/bin/hello
+rm -r "$mnt"/app
+mkdir "$mnt"/app
+echo "== after editing /etc/passwd (copy-up), deleting /bin/hello (whiteout) and"
+echo "   replacing /app with a new directory (opaque), the upper layer holds:"
+(cd "$demo"/upper && find . -printf '%y %p\n' | sort)
+getfattr -d -m 'overlay' "$demo"/upper/app 2>/dev/null | grep -v '^#' || true
 umount "$mnt"
 echo "== unmounted; lower layers were never modified:"
 cat "$demo"/base/etc/passwd

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs what layerfs needs to build and test on Debian 12: the FUSE 3
-# userspace tools (fusermount3, mount.fuse3), attr tools for debugging, and
-# the cargo components the checks use. Idempotent; run as root.
+# userspace tools (fusermount3, mount.fuse3), attr tools for debugging, the
+# runner's needs (newuidmap/newgidmap from uidmap, a static busybox for the
+# test and demo images, script(1) from bsdutils for -t tests), an
+# unprivileged user for the runner tests ($LAYERFS_TEST_USER, default
+# tester, with a subordinate id range), and the cargo components the checks
+# use. Idempotent; run as root.
 set -euo pipefail
 
-pkgs=(fuse3 attr)
+pkgs=(fuse3 attr uidmap busybox-static bsdutils)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -17,6 +21,17 @@ fi
 [ -e /dev/fuse ] || mknod /dev/fuse c 10 229
 chmod 666 /dev/fuse
 modprobe overlay 2>/dev/null || true
+# The runner tests run as an ordinary user, with ids 1-65536 of their
+# containers mapped to a subordinate range.
+test_user=${LAYERFS_TEST_USER:-tester}
+id "$test_user" >/dev/null 2>&1 || useradd -m "$test_user"
+for f in /etc/subuid /etc/subgid; do
+    touch "$f"
+    grep -q "^$test_user:" "$f" || usermod --add-subuids 200000-265535 --add-subgids 200000-265535 "$test_user" 2>/dev/null ||
+        echo "$test_user:200000:65536" >>"$f"
+done
+# Unprivileged user namespaces (on by default on Debian 12; some kernels gate them).
+[ -w /proc/sys/kernel/unprivileged_userns_clone ] && echo 1 >/proc/sys/kernel/unprivileged_userns_clone || true
 if command -v rustup >/dev/null; then
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi

@@ -7,5 +7,6 @@
 pub mod cli;
 pub mod fuse;
 pub mod overlay;
+pub mod runner;
 pub mod store;
 pub mod sys;

@@ -5,15 +5,24 @@
 //! Dispatch: a first argument that names a subcommand (or asks for help or the
 //! version) goes to clap; anything else is the compat form.
 
+pub mod diff;
+pub mod explain;
 pub mod history;
 pub mod images;
 pub mod import;
 pub mod inspect;
+pub mod layers;
 pub mod load;
 pub mod mount;
 pub mod options;
 pub mod prune;
+pub mod ps;
+pub mod rm;
 pub mod rmi;
+pub mod run;
+pub mod start;
+pub mod state;
+pub mod stats;
 pub mod tag;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -40,7 +49,11 @@ MOUNT OPTIONS:
   timeout=SECONDS         how long the kernel caches names and attributes (86400)
   threads=N, threaded=0|1 request-serving threads (4)
   passthrough=on|off      FUSE passthrough for open files (on when root)
+  readdirplus=on|off      attributes with listings (off): on saves a LOOKUP per
+                          entry for ls -l, but reads every inode even for find
   static_nlink            report nlink 1 for every directory
+  trace=FILE              append copy-on-write events to FILE as JSON Lines
+                          (also LAYERFS_TRACE=FILE; see `layerfs stats`)
   ro, rw, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, sync, async,
   dirsync, allow_other, allow_root, default_permissions, fsname=NAME, subtype=NAME
                           generic FUSE/mount options (defaults: nodev, nosuid;
@@ -57,6 +70,17 @@ EXAMPLES:
   layerfs mount --layer /layers/app --layer /layers/base /mnt/merged
   mount -t fuse.layerfs layerfs /mnt/merged -o lowerdir=/layers/app:/layers/base
   umount /mnt/merged";
+
+const RUN_HELP: &str = "\
+EXIT STATUS:
+  the command's; 125 when the runner fails, 126 when the command cannot be
+  executed, 127 when it is not found, 128+N when it dies of signal N.
+
+EXAMPLES:
+  layerfs run --rm busybox sh -c 'echo hello; id'
+  layerfs run -it --name box busybox sh
+  layerfs start -a box
+  layerfs run --rootfs ./rootfs -- /bin/sh";
 
 /// layerfs: mount container image layers as one merged tree, without root
 /// and without the kernel's overlayfs.
@@ -92,6 +116,23 @@ pub enum Command {
     Rmi(rmi::RmiArgs),
     /// Delete layers and blobs no image or container uses.
     Prune(prune::PruneArgs),
+    /// Run a command in a new container from an image, without root.
+    #[command(after_help = RUN_HELP)]
+    Run(run::RunArgs),
+    /// List containers.
+    Ps(ps::PsArgs),
+    /// Run a stopped container again, keeping its changes.
+    Start(start::StartArgs),
+    /// Remove containers and their changes.
+    Rm(rm::RmArgs),
+    /// Explain a path: which layer serves it, what it hides, whiteouts, copy-up.
+    Explain(explain::ExplainArgs),
+    /// Show a stack's layers, top first, with digests, sizes and entry counts.
+    Layers(layers::LayersArgs),
+    /// Show the counters of a running mount (or start tracing it).
+    Stats(stats::StatsArgs),
+    /// List changes of an upper layer against its lower layers (A/C/D).
+    Diff(diff::DiffArgs),
 }
 
 const SUBCOMMANDS: &[&str] = &[
@@ -104,6 +145,14 @@ const SUBCOMMANDS: &[&str] = &[
     "tag",
     "rmi",
     "prune",
+    "run",
+    "ps",
+    "start",
+    "rm",
+    "explain",
+    "layers",
+    "stats",
+    "diff",
     "help",
     "-h",
     "--help",
@@ -142,6 +191,14 @@ pub fn main(args: Vec<String>) -> i32 {
             Command::Tag(a) => tag::run(a, &store),
             Command::Rmi(a) => rmi::run(a, &store),
             Command::Prune(a) => prune::run(a, &store),
+            Command::Run(a) => run::run(a, &store),
+            Command::Ps(a) => ps::run(a, &store),
+            Command::Start(a) => start::run(a, &store),
+            Command::Rm(a) => rm::run(a, &store),
+            Command::Explain(a) => explain::run(a, &store),
+            Command::Layers(a) => layers::run(a, &store),
+            Command::Stats(a) => stats::run(a),
+            Command::Diff(a) => diff::run(a, &store),
         };
     }
     match options::parse_compat(&args[1..]) {

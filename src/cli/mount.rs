@@ -15,8 +15,10 @@ use fuser::MountOption;
 use log::{error, info};
 
 use super::options::{Flag, MountOptions, OptionError};
+use super::state;
 use crate::fuse::{self, FuseOptions, LayerFs, MountSpec};
 use crate::overlay::layers::{self, Overlap};
+use crate::overlay::trace::Tracer;
 use crate::overlay::{Overlay, Stack, StackError, UpperOptions};
 use crate::store::{Store, StoreError};
 use crate::sys::{self, process};
@@ -169,6 +171,10 @@ struct Prepared {
     mountpoint: PathBuf,
     spec: MountSpec,
     fuse: FuseOptions,
+    /// What the daemon publishes for `explain`/`layers`/`stats` (see `state`).
+    state: state::Description,
+    /// The trace file, opened before the fork so errors reach the user.
+    trace: Option<(PathBuf, std::fs::File)>,
 }
 
 fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
@@ -202,6 +208,34 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
         dirs.push(("work directory", w));
     }
     layers::check_overlap(&mountpoint, &dirs).map_err(MountError::Overlap)?;
+    let trace_path = o
+        .trace
+        .clone()
+        .or_else(|| {
+            std::env::var_os("LAYERFS_TRACE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .map(|p| layers::absolute(&p));
+    let trace = match trace_path {
+        Some(p) => Some((
+            p.clone(),
+            state::open_trace(&p).map_err(|cause| MountError::Path {
+                what: "cannot open trace file",
+                path: p,
+                cause,
+            })?,
+        )),
+        None => None,
+    };
+    let state = state::Description {
+        mountpoint: mountpoint.clone(),
+        source: req.source.clone(),
+        lowerdirs: lowers.clone(),
+        upperdir: upper.as_ref().map(|(u, _)| u.clone()),
+        workdir: upper.as_ref().map(|(_, w)| w.clone()),
+        trace: trace.as_ref().map(|(p, _)| p.clone()),
+    };
 
     let stack = Stack::open(
         &lowers,
@@ -302,12 +336,17 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
     if let Some(n) = o.threads {
         fuse.threads = n;
     }
+    if let Some(r) = o.readdirplus {
+        fuse.readdirplus = r;
+    }
     fuse.passthrough = o.passthrough.unwrap_or(true) && root && sys::in_initial_userns();
     Ok(Prepared {
         overlay,
         mountpoint,
         spec,
         fuse,
+        state,
+        trace,
     })
 }
 
@@ -374,7 +413,14 @@ fn serve(p: Prepared, ready: Option<std::fs::File>) -> Result<(), MountError> {
     // Termination signals go to one thread; block them before any other
     // thread exists so that all threads inherit the mask.
     process::block_termination_signals();
-    let fs = LayerFs::new(Arc::new(p.overlay), p.fuse);
+    let overlay = Arc::new(p.overlay);
+    if let Some((path, file)) = p.trace {
+        match Tracer::spawn(file, &path) {
+            Ok(t) => drop(overlay.set_tracer(t)),
+            Err(e) => error!("cannot start tracing to {}: {e}", path.display()),
+        }
+    }
+    let fs = LayerFs::new(overlay.clone(), p.fuse);
     let mut session = match fuse::mount(fs, &p.mountpoint, &p.spec) {
         Ok(s) => s,
         Err(cause) => {
@@ -389,6 +435,11 @@ fn serve(p: Prepared, ready: Option<std::fs::File>) -> Result<(), MountError> {
             return Err(e);
         }
     };
+    // Best effort: the mount works without it, only explain/stats do not.
+    let published = state::publish(&p.state, Arc::downgrade(&overlay))
+        .map_err(|e| error!("cannot publish the mount's state: {e}"))
+        .ok();
+    let files = published.as_ref().map(|g| g.0.clone());
     let mut unmounter = session.unmount_callable();
     let mountpoint = p.mountpoint.clone();
     let _ = std::thread::Builder::new()
@@ -403,6 +454,9 @@ fn serve(p: Prepared, ready: Option<std::fs::File>) -> Result<(), MountError> {
                 if let Ok(c) = sys::cstr(mountpoint.as_os_str()) {
                     let _ = process::umount2(&c, libc::MNT_DETACH);
                 }
+                if let Some(f) = &files {
+                    f.remove();
+                }
                 std::process::exit(0);
             }
         });
@@ -410,8 +464,10 @@ fn serve(p: Prepared, ready: Option<std::fs::File>) -> Result<(), MountError> {
         let _ = process::detach();
         process::report_ready(w, Ok(()));
     }
-    session.run().map_err(|cause| MountError::Mount {
+    let r = session.run().map_err(|cause| MountError::Mount {
         mountpoint: p.mountpoint,
         cause,
-    })
+    });
+    drop(published);
+    r
 }

@@ -43,8 +43,11 @@ pub struct MountOptions {
     pub timeout: Option<std::time::Duration>,
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
+    pub readdirplus: Option<bool>,
     /// Report nlink 1 for every directory.
     pub static_nlink: bool,
+    /// Append copy-on-write events to this file (JSON Lines).
+    pub trace: Option<PathBuf>,
 }
 
 /// Options fuse-overlayfs accepts that layerfs does not implement yet.
@@ -321,10 +324,23 @@ impl MountOptions {
                 self.passthrough = Some(parse_bool(key, v)?);
                 Ok(())
             }
+            ("readdirplus", Some(v)) => {
+                self.readdirplus = Some(parse_bool(key, v)?);
+                Ok(())
+            }
             ("static_nlink", None) => {
                 self.static_nlink = true;
                 Ok(())
             }
+            ("trace", Some(v)) if !v.is_empty() => {
+                self.trace = Some(PathBuf::from(unescape(v)));
+                Ok(())
+            }
+            ("trace", _) => Err(OptionError::BadValue {
+                option: key.into(),
+                value: value.unwrap_or_default().into(),
+                expected: "a file name (trace=FILE)",
+            }),
             // fuse-overlayfs tuning knobs whose job layerfs does by design.
             ("fast_ino", Some(_)) | ("writeback", Some(_)) => Ok(()),
             (k, _) if IGNORED.contains(&k) => Ok(()),
@@ -483,6 +499,11 @@ mod tests {
                 "{input}"
             );
         }
+        let mut o = MountOptions::default();
+        o.apply("lowerdir=/a,trace=/tmp/t\\,x.jsonl").unwrap();
+        assert_eq!(o.trace, Some(PathBuf::from("/tmp/t,x.jsonl")));
+        assert!(MountOptions::default().apply("trace=").is_err());
+        assert!(MountOptions::default().apply("trace").is_err());
         let mut o = MountOptions::default();
         o.apply("lowerdir=/a,fsync=0,relatime,noatime").unwrap();
         assert!(o.volatile);

@@ -26,8 +26,8 @@ use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Config, CopyFileRangeFlags, Errno as FErrno, FileAttr,
     FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    Session, SessionACL, TimeOrNow, WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, Session, SessionACL, TimeOrNow, WriteFlags,
 };
 use log::{debug, info, warn};
 
@@ -43,6 +43,8 @@ pub struct FuseOptions {
     pub passthrough: bool,
     /// Reader threads.
     pub threads: usize,
+    /// Answer READDIRPLUS (attributes with listings).
+    pub readdirplus: bool,
 }
 
 impl Default for FuseOptions {
@@ -51,6 +53,7 @@ impl Default for FuseOptions {
             timeout: Duration::from_secs(86400),
             passthrough: true,
             threads: 4,
+            readdirplus: false,
         }
     }
 }
@@ -247,6 +250,19 @@ impl fuser::Filesystem for LayerFs {
                 info!("kernel does not offer {what}");
             }
         }
+        if self.opts.readdirplus {
+            // Listings carry attributes: no LOOKUP per entry for ls -l, but
+            // every entry's inode is read even when the reader (find) only
+            // needs names.
+            for flag in [
+                InitFlags::FUSE_DO_READDIRPLUS,
+                InitFlags::FUSE_READDIRPLUS_AUTO,
+            ] {
+                if config.add_capabilities(flag).is_err() {
+                    info!("kernel does not offer {flag:?}");
+                }
+            }
+        }
         if self.passthrough.load(Ordering::Relaxed) {
             if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
                 let _ = config.set_max_stack_depth(1);
@@ -378,6 +394,53 @@ impl fuser::Filesystem for LayerFs {
                 OsStr::from_bytes(&item.name),
             );
             if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listing = match self.ov.dir_listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(ferr(e)),
+        };
+        let dir = Ino(ino.0);
+        for (i, item) in listing.iter().enumerate().skip(offset as usize) {
+            let dots = &*item.name == b"." || &*item.name == b"..";
+            // The kernel makes no dentry for `.` and `..` and takes no
+            // reference on them; every other entry is a lookup.
+            let st = if dots {
+                match self.ov.getattr(item.ino) {
+                    Ok(st) => st,
+                    Err(_) => continue,
+                }
+            } else {
+                match self.ov.lookup_listed(dir, item) {
+                    Ok(st) => st,
+                    // Gone since the listing was taken: leave it out.
+                    Err(_) => continue,
+                }
+            };
+            let full = reply.add(
+                INodeNo(st.ino),
+                i as u64 + 1,
+                OsStr::from_bytes(&item.name),
+                &self.opts.timeout,
+                &to_attr(&st),
+                Generation(0),
+            );
+            if full {
+                if !dots {
+                    self.ov.forget(Ino(st.ino), 1);
+                }
                 break;
             }
         }

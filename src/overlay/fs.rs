@@ -101,6 +101,8 @@ pub struct DirItem {
     pub name: Box<[u8]>,
     pub ino: Ino,
     pub kind: FileKind,
+    /// The layer that served it when the listing was read.
+    pub layer: LayerIdx,
 }
 
 /// A snapshot listing held by an open directory: offsets index into it, so a
@@ -139,8 +141,16 @@ impl Loc {
             st => Ok(st),
         }
     }
+    /// A path for the l*xattr calls. For a layer root (empty name) it ends
+    /// in `/.`: the bare `/proc/self/fd/N` is a magic link that l*xattr
+    /// would not follow (EOPNOTSUPP).
     pub(super) fn proc_path(&self) -> CString {
-        sys::proc_fd_path(self.fd.as_fd(), Some(&self.name))
+        let name: &CStr = if self.name.is_empty() {
+            c"."
+        } else {
+            &self.name
+        };
+        sys::proc_fd_path(self.fd.as_fd(), Some(name))
     }
 }
 
@@ -181,7 +191,7 @@ pub struct Overlay {
     pub(super) nodes: DashMap<Ino, Node>,
     dirfds: Mutex<LruCache<(Ino, LayerIdx), Arc<OwnedFd>>>,
     listings: Mutex<ListingCache>,
-    handles: DashMap<u64, Arc<Handle>>,
+    pub(super) handles: DashMap<u64, Arc<Handle>>,
     next_fh: AtomicU64,
     /// Upper-layer inode number -> the merged inode it was copied up for, so
     /// that a file keeps its inode number across copy-up.
@@ -191,6 +201,10 @@ pub struct Overlay {
     orphans: DashMap<Ino, Stat>,
     /// The writable side; `None` for a read-only mount.
     pub(super) upper: Option<super::write::Upper>,
+    /// Counters for `layerfs stats` (see `stats.rs`).
+    pub(super) counters: super::stats::Counters,
+    /// The copy-on-write event sink, when tracing (see `trace.rs`).
+    pub(super) tracer: std::sync::OnceLock<super::trace::Tracer>,
 }
 
 /// The found object of a name lookup, before the kernel is told about it.
@@ -244,6 +258,8 @@ impl Overlay {
             origins: DashMap::new(),
             orphans: DashMap::new(),
             upper,
+            counters: Default::default(),
+            tracer: std::sync::OnceLock::new(),
         })
     }
 
@@ -258,6 +274,46 @@ impl Overlay {
     /// Number of inodes currently known (for tests and statistics).
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Entries in the directory-fd cache and the merged-listing cache.
+    pub(super) fn cache_sizes(&self) -> (usize, usize) {
+        let fds = self.lock_dirfds().len();
+        (fds, self.lock_listings().entries)
+    }
+
+    /// The merged path of `ino`, built from the node table (best effort: a
+    /// node whose parent is gone shows as `/?/name`). No guard is held
+    /// across two lookups.
+    pub(super) fn merged_path(&self, ino: Ino) -> Vec<u8> {
+        let mut names: Vec<Box<[u8]>> = Vec::new();
+        let mut cur = ino;
+        // Bounded: a cycle cannot exist, but a bound costs nothing.
+        for _ in 0..4096 {
+            if cur == Ino::ROOT {
+                break;
+            }
+            let next = self.nodes.get(&cur).map(|n| (n.name.clone(), n.parent));
+            match next {
+                Some((name, parent)) => {
+                    names.push(name);
+                    cur = parent;
+                }
+                None => {
+                    names.push((*b"?").into());
+                    break;
+                }
+            }
+        }
+        if names.is_empty() {
+            return b"/".to_vec();
+        }
+        let mut out = Vec::new();
+        for n in names.iter().rev() {
+            out.push(b'/');
+            out.extend_from_slice(n);
+        }
+        out
     }
 
     pub(super) fn layer_root(&self, layer: LayerIdx) -> SysResult<Arc<OwnedFd>> {
@@ -366,6 +422,7 @@ impl Overlay {
     /// Looks up `name` in directory `parent`; on success the kernel holds one
     /// more reference to the returned inode.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> SysResult<Stat> {
+        self.counters.lookup();
         rules::check_name(name)?;
         if rules::is_reserved_name(name) {
             return Err(Errno::ENOENT);
@@ -376,6 +433,30 @@ impl Overlay {
         }
         let kind = found.stat.kind();
         self.remember(found.ino, parent, name, kind, found.layers);
+        Ok(found.stat)
+    }
+
+    /// Looks up an entry of `dir`'s listing for READDIRPLUS; like
+    /// [`Overlay::lookup`], the kernel then holds one more reference.
+    ///
+    /// On a read-only mount the listing already says which layer serves
+    /// the name and that nothing above hides it, so only that layer (and,
+    /// for a directory, the layers below it) is asked.
+    pub fn lookup_listed(&self, dir: Ino, item: &DirItem) -> SysResult<Stat> {
+        if self.upper.is_some() {
+            return self.lookup(dir, &item.name);
+        }
+        self.counters.lookup();
+        let layers = self.node_info(dir)?.layers;
+        let from = layers
+            .iter()
+            .position(|l| *l == item.layer)
+            .ok_or(Errno::ESTALE)?;
+        let found = self
+            .resolve_in(dir, &layers[from..], &item.name)?
+            .ok_or(Errno::ENOENT)?;
+        let kind = found.stat.kind();
+        self.remember(found.ino, dir, &item.name, kind, found.layers);
         Ok(found.stat)
     }
 
@@ -776,7 +857,9 @@ impl Overlay {
 
     /// The merged listing of `ino`, with `.` and `..` first.
     fn listing(&self, ino: Ino) -> SysResult<Listing> {
-        if let Some(l) = self.lock_listings().get(ino) {
+        let cached = self.lock_listings().get(ino);
+        self.counters.listing(cached.is_some());
+        if let Some(l) = cached {
             return Ok(l);
         }
         let listing = self.read_listing(ino)?;
@@ -825,21 +908,25 @@ impl Overlay {
         }
         let merged = rules::merge_listing(per_layer);
         let mut items = Vec::with_capacity(merged.len() + 2);
+        let top = layers.first().copied().unwrap_or(LayerIdx(0));
         items.push(DirItem {
             name: (*b".").into(),
             ino,
             kind: FileKind::Dir,
+            layer: top,
         });
         items.push(DirItem {
             name: (*b"..").into(),
             ino: parent,
             kind: FileKind::Dir,
+            layer: top,
         });
         for m in merged {
             items.push(DirItem {
                 ino: self.map_ino(m.layer, m.ino),
                 name: m.name.into_boxed_slice(),
                 kind: m.kind,
+                layer: m.layer,
             });
         }
         let listing = Arc::new(items);

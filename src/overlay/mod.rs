@@ -4,14 +4,20 @@
 //!   resolution and listing merges (table-tested, no I/O);
 //! - [`layers`]: opening the layer stack and checking mountpoint overlap;
 //! - [`types`]: inode numbers, layer indexes, the inode-number scheme;
-//! - [`fs`]: the merged filesystem that the FUSE adapter calls.
+//! - [`fs`]: the merged filesystem that the FUSE adapter calls;
+//! - [`explain`]: replaying a lookup to explain a path (pure);
+//! - [`trace`]: copy-on-write events and their JSON Lines sink;
+//! - [`stats`]: counters of a running mount.
 //!
 //! Nothing here depends on `fuser`: every operation returns a
 //! [`crate::sys::Errno`] on failure so that the adapter can reply with it.
 
+pub mod explain;
 pub mod fs;
 pub mod layers;
 pub mod rules;
+pub mod stats;
+pub mod trace;
 pub mod types;
 pub mod write;
 

@@ -29,6 +29,7 @@ use log::{debug, info, warn};
 use super::fs::{Found, Handle, Loc, Overlay, is_internal_xattr};
 use super::layers::Stack;
 use super::rules;
+use super::trace::CopyMethod;
 use super::types::{Ino, LayerIdx};
 use crate::sys::{self, Errno, FileKind, SetTime, Stat, SysResult};
 
@@ -211,14 +212,15 @@ fn wh_name(name: &[u8]) -> SysResult<CString> {
 
 /// Copies data from `src` to `dst`: a reflink when the filesystem shares
 /// blocks, else `copy_file_range` over the data segments only, so holes stay
-/// holes.
-fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+/// holes. Returns how the data moved.
+fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> SysResult<CopyMethod> {
     if size == 0 {
-        return Ok(());
+        return Ok(CopyMethod::Metadata);
     }
     if sys::ficlone(dst, src).is_ok() {
-        return Ok(());
+        return Ok(CopyMethod::Reflink);
     }
+    let mut method = CopyMethod::CopyFileRange;
     let mut off: u64 = 0;
     while off < size {
         let data = match sys::lseek(src, off as i64, libc::SEEK_DATA) {
@@ -231,18 +233,24 @@ fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> SysResult<(
             Ok(h) => (h as u64).min(size),
             Err(_) => size,
         };
-        copy_range(src, dst, data, hole)?;
+        method = method.combine(copy_range(src, dst, data, hole)?);
         off = hole.max(data + 1);
     }
-    sys::ftruncate(dst, size)
+    sys::ftruncate(dst, size)?;
+    Ok(method)
 }
 
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, end: u64) -> SysResult<()> {
+fn copy_range(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+) -> SysResult<CopyMethod> {
     let mut pos = start;
     while pos < end {
         let want = ((end - pos) as usize).min(1 << 30);
         match sys::copy_file_range(src, pos, dst, pos, want) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(CopyMethod::CopyFileRange),
             Ok(n) => pos += n as u64,
             Err(e)
                 if [libc::EXDEV, libc::ENOSYS, libc::EINVAL, libc::EOPNOTSUPP].contains(&e.0) =>
@@ -252,16 +260,17 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, end: u64) ->
                     let n = ((end - pos) as usize).min(buf.len());
                     let got = sys::pread(src, &mut buf[..n], pos)?;
                     if got == 0 {
-                        return Ok(());
+                        break;
                     }
                     sys::pwrite(dst, &buf[..got], pos)?;
                     pos += got as u64;
                 }
+                return Ok(CopyMethod::ReadWrite);
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(CopyMethod::CopyFileRange)
 }
 
 /// Copies the extended attributes of `src` to `dst` (both /proc paths),
@@ -352,6 +361,8 @@ impl Overlay {
         if info.top() == UPPER {
             return Ok(());
         }
+        let started = std::time::Instant::now();
+        let mut method = CopyMethod::Metadata;
         let src_pfd = self.dir_fd(info.parent, info.top())?;
         let dst_pfd = self.dir_fd(info.parent, UPPER)?;
         let name = sys::cstr(OsStr::from_bytes(&info.name))?;
@@ -369,9 +380,14 @@ impl Overlay {
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                     0o600,
                 )?;
-                if with_data && let Err(e) = copy_data(src.as_fd(), dst.as_fd(), st.size) {
-                    let _ = sys::unlinkat(work, &tmp, 0);
-                    return Err(e);
+                if with_data {
+                    match copy_data(src.as_fd(), dst.as_fd(), st.size) {
+                        Ok(m) => method = m,
+                        Err(e) => {
+                            let _ = sys::unlinkat(work, &tmp, 0);
+                            return Err(e);
+                        }
+                    }
                 }
                 data_fd = Some(dst);
             }
@@ -425,6 +441,7 @@ impl Overlay {
             Box::new([UPPER])
         };
         self.set_layers(ino, layers);
+        self.note_copy_up(ino, &st, method, started);
         debug!("copied up {} ({ino})", String::from_utf8_lossy(&info.name));
         drop(_guard);
         if st.kind() != FileKind::Dir && st.nlink > 1 {
@@ -503,8 +520,15 @@ impl Overlay {
         }
     }
 
-    /// Marks `name` in upper directory `dirfd` opaque.
-    fn set_opaque(&self, dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    /// Marks `name` in upper directory `dirfd` opaque; `at` is where the
+    /// directory shows in the merged view (parent, name), for the trace.
+    fn set_opaque(&self, dirfd: BorrowedFd<'_>, name: &CStr, at: (Ino, &[u8])) -> SysResult<()> {
+        self.mark_opaque(dirfd, name)?;
+        self.note_opaque(at.0, at.1);
+        Ok(())
+    }
+
+    fn mark_opaque(&self, dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
         match self.upper()?.opaque {
             OpaqueMode::Xattr(x) => {
                 sys::lsetxattr(&sys::proc_fd_path(dirfd, Some(name)), x, b"y", 0)
@@ -602,7 +626,7 @@ impl Overlay {
                 if st.kind() == FileKind::Dir {
                     // Something existed below: the new directory must not
                     // merge with it.
-                    self.set_opaque(work, &tmp)?;
+                    self.set_opaque(work, &tmp, (parent, name))?;
                     sys::renameat2(work, &tmp, pfd.as_fd(), &cname, libc::RENAME_EXCHANGE)?;
                     let _ = sys::unlinkat(work, &tmp, 0);
                 } else {
@@ -787,6 +811,9 @@ impl Overlay {
             // Only below: a whiteout is all it takes (no copy-up).
             self.make_whiteout(pfd, name)?;
         }
+        if below {
+            self.note_whiteout(parent, name);
+        }
         self.invalidate_listing(parent);
         Ok(())
     }
@@ -903,11 +930,11 @@ impl Overlay {
             // Each directory that lands in a merged directory becomes opaque,
             // as with a plain rename below.
             if src.is_dir() && self.node_info(newparent)?.layers.len() > 1 {
-                self.set_opaque(opfd.as_fd(), &cname)?;
+                self.set_opaque(opfd.as_fd(), &cname, (newparent, newname))?;
             }
             if dst.as_ref().is_some_and(|d| d.is_dir()) && self.node_info(parent)?.layers.len() > 1
             {
-                self.set_opaque(npfd.as_fd(), &cnew)?;
+                self.set_opaque(npfd.as_fd(), &cnew, (parent, name))?;
             }
             sys::renameat2(
                 opfd.as_fd(),
@@ -940,7 +967,7 @@ impl Overlay {
             if src.is_dir()
                 && (dst_below || merged_parent || dst_entry == UpperEntry::ChardevWhiteout)
             {
-                self.set_opaque(opfd.as_fd(), &cname)?;
+                self.set_opaque(opfd.as_fd(), &cname, (newparent, newname))?;
             }
             let real = sys::fstatat(npfd.as_fd(), &cnew).ok();
             if src.is_dir() && dst_entry == UpperEntry::ChardevWhiteout {
@@ -977,6 +1004,9 @@ impl Overlay {
                     self.make_whiteout(&opfd, name)?;
                 }
             }
+            if src_below {
+                self.note_whiteout(parent, name);
+            }
             if let (Some(r), Some(d)) = (real, &dst)
                 && d.in_upper()
                 && (r.nlink <= 1 || r.kind() == FileKind::Dir)
@@ -988,6 +1018,7 @@ impl Overlay {
         }
         self.invalidate_listing(parent);
         self.invalidate_listing(newparent);
+        self.note_rename((parent, name), (newparent, newname), exchange);
         match (&dst, exchange) {
             (Some(d), true) => {
                 self.move_node(src.ino, (parent, name), (newparent, newname));

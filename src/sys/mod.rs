@@ -8,6 +8,7 @@
 //! Invariants: every fd is opened with `O_CLOEXEC`; name arguments are single
 //! path components supplied by callers that already rejected `/`.
 
+pub mod ns;
 pub mod process;
 
 use std::ffi::{CStr, CString, OsStr};
