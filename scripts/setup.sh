@@ -4,11 +4,12 @@
 # runner's needs (newuidmap/newgidmap from uidmap, a static busybox for the
 # test and demo images, script(1) from bsdutils for -t tests), an
 # unprivileged user for the runner tests ($LAYERFS_TEST_USER, default
-# tester, with a subordinate id range), and the cargo components the checks
+# tester, with a subordinate id range), skopeo for the save tests, and the
+# cargo components the checks
 # use. Idempotent; run as root.
 set -euo pipefail
 
-pkgs=(fuse3 attr uidmap busybox-static bsdutils)
+pkgs=(fuse3 attr uidmap busybox-static bsdutils skopeo)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -5,6 +5,7 @@
 //! Dispatch: a first argument that names a subcommand (or asks for help or the
 //! version) goes to clap; anything else is the compat form.
 
+pub mod commit;
 pub mod diff;
 pub mod explain;
 pub mod history;
@@ -20,6 +21,7 @@ pub mod ps;
 pub mod rm;
 pub mod rmi;
 pub mod run;
+pub mod save;
 pub mod start;
 pub mod state;
 pub mod stats;
@@ -133,6 +135,10 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// List changes of an upper layer against its lower layers (A/C/D).
     Diff(diff::DiffArgs),
+    /// Create a new image from a stopped container's changes.
+    Commit(commit::CommitArgs),
+    /// Save images to a tar archive (OCI layout + docker-save manifest.json).
+    Save(save::SaveArgs),
 }
 
 const SUBCOMMANDS: &[&str] = &[
@@ -153,6 +159,8 @@ const SUBCOMMANDS: &[&str] = &[
     "layers",
     "stats",
     "diff",
+    "commit",
+    "save",
     "help",
     "-h",
     "--help",
@@ -199,6 +207,8 @@ pub fn main(args: Vec<String>) -> i32 {
             Command::Layers(a) => layers::run(a, &store),
             Command::Stats(a) => stats::run(a),
             Command::Diff(a) => diff::run(a, &store),
+            Command::Commit(a) => commit::run(a, &store),
+            Command::Save(a) => save::run(a, &store),
         };
     }
     match options::parse_compat(&args[1..]) {

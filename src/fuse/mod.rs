@@ -45,6 +45,8 @@ pub struct FuseOptions {
     pub threads: usize,
     /// Answer READDIRPLUS (attributes with listings).
     pub readdirplus: bool,
+    /// SELinux is enabled on this host (files may carry labels).
+    pub selinux: bool,
 }
 
 impl Default for FuseOptions {
@@ -54,6 +56,7 @@ impl Default for FuseOptions {
             passthrough: true,
             threads: 4,
             readdirplus: false,
+            selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
         }
     }
 }
@@ -244,6 +247,10 @@ impl fuser::Filesystem for LayerFs {
             ("parallel dirops", InitFlags::FUSE_PARALLEL_DIROPS),
             ("cache symlinks", InitFlags::FUSE_CACHE_SYMLINKS),
             ("atomic O_TRUNC", InitFlags::FUSE_ATOMIC_O_TRUNC),
+            // The kernel caches POSIX ACLs per inode: `ls -l` stops asking
+            // for system.posix_acl_access on every file. (The kernel then
+            // also checks permissions itself, ACLs included.)
+            ("POSIX ACLs", InitFlags::FUSE_POSIX_ACL),
         ];
         for (what, flag) in wanted {
             if config.add_capabilities(flag).is_err() {
@@ -741,7 +748,16 @@ impl fuser::Filesystem for LayerFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.ov.getxattr(Ino(ino.0), name.as_bytes()));
+        let mut r = self.ov.getxattr(Ino(ino.0), name.as_bytes());
+        // Without SELinux on the host no file can get a label: answer like a
+        // filesystem without labels, so that `ls -l` stops asking for one
+        // per file (it remembers "unsupported" per device). Labels that
+        // exist in a layer are still returned.
+        if !self.opts.selinux && r == Err(Errno::ENODATA) && name.as_bytes() == b"security.selinux"
+        {
+            r = Err(Errno::EOPNOTSUPP);
+        }
+        reply_xattr(reply, size, r);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {

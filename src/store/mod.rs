@@ -35,6 +35,8 @@
 //!   replaced by rename, so a reader sees the old or the new version.
 //! - The image ID is the digest of the image config, as in docker.
 
+pub mod change;
+pub mod commit;
 pub mod compress;
 pub mod digest;
 pub mod extract;
@@ -44,6 +46,7 @@ pub mod load;
 pub mod oci;
 pub mod progress;
 pub mod reference;
+pub mod save;
 pub mod source;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,423 @@
+//! The commit walk-through of issue 6 end to end: `run`, `commit -m`,
+//! `commit -c`, `history`, running the committed image, `save`, `load` into
+//! a fresh store, and skopeo reading the saved archive (skipped without
+//! skopeo). The busybox base image is built here from the host's static
+//! busybox, as in mount-tests/run.rs, whose harness this copies.
+//!
+//! Runs as an unprivileged user: as ourselves when we are not root, else as
+//! `$LAYERFS_TEST_USER` (default `tester`, created by scripts/setup.sh).
+//! Each test has its own store (`--root`). Without /dev/fuse, busybox or
+//! such a user, every test prints "skipped", unless
+//! `LAYERFS_REQUIRE_MOUNT_TESTS=1`, which makes that a failure.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tar::{EntryType, Header};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Who runs the commands.
+#[derive(Clone, Copy, Debug)]
+struct As {
+    uid: u32,
+    gid: u32,
+}
+
+fn lookup_user(name: &str) -> Option<As> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: getpwnam returns NULL or a pointer valid until the next call;
+    // the fields are copied at once.
+    unsafe {
+        let pw = libc::getpwnam(c.as_ptr());
+        if pw.is_null() {
+            return None;
+        }
+        Some(As {
+            uid: (*pw).pw_uid,
+            gid: (*pw).pw_gid,
+        })
+    }
+}
+
+/// The unprivileged user to test as, or why the tests cannot run.
+fn test_user() -> Result<As, String> {
+    // SAFETY: plain getters.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    if uid != 0 {
+        return Ok(As { uid, gid });
+    }
+    let name = std::env::var("LAYERFS_TEST_USER").unwrap_or_else(|_| "tester".into());
+    lookup_user(&name).ok_or_else(|| {
+        format!("no user {name} to run as (useradd -m {name}, or set LAYERFS_TEST_USER)")
+    })
+}
+
+fn requirements() -> Result<As, String> {
+    if fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+    {
+        return Err("/dev/fuse is not usable".into());
+    }
+    if !Path::new(BUSYBOX).is_file() {
+        return Err(format!(
+            "{BUSYBOX} is missing (apt-get install busybox-static)"
+        ));
+    }
+    test_user()
+}
+
+/// Returns the user to run as, or None after printing why the test is skipped.
+fn setup() -> Option<As> {
+    match requirements() {
+        Ok(a) => Some(a),
+        Err(why) => {
+            if std::env::var("LAYERFS_REQUIRE_MOUNT_TESTS").as_deref() == Ok("1") {
+                panic!("runner tests cannot run: {why}");
+            }
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+fn bin() -> PathBuf {
+    std::env::var_os("LAYERFS_BIN")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_layerfs")))
+}
+
+/// A store owned by the test user, with the busybox images loaded.
+struct Env {
+    who: As,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(who: As) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("layerfs-run-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let c = CString::new(dir.path().to_str().unwrap()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), who.uid, who.gid) }, 0);
+        let e = Env { who, dir };
+        fs::write(e.path("busybox.tar"), busybox_layer()).unwrap();
+        let tar = e.path("busybox.tar");
+        e.ok(&["import", tar.to_str().unwrap(), "busybox"]);
+        e
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--root").arg(self.store()).args(args);
+        c.current_dir(self.dir.path())
+            .env("HOME", self.dir.path())
+            .env_remove("XDG_DATA_HOME");
+        // SAFETY: plain getter.
+        if unsafe { libc::getuid() } == 0 {
+            c.uid(self.who.uid).gid(self.who.gid);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs and expects exit status 0; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "layerfs {args:?}: {:?}\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Container directories in the store.
+    fn containers(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.store().join("containers"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Uppers may hold files of other ids: remove through layerfs rm.
+        let names = self.containers();
+        if !names.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            let ids: Vec<String> = names;
+            args.extend(ids.iter().map(String::as_str));
+            let _ = self.run(&args);
+        }
+    }
+}
+
+fn header(path: &str, kind: EntryType, mode: u32, size: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_path(path).unwrap();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    h
+}
+
+fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
+    let h = header(path, EntryType::Regular, mode, data.len() as u64);
+    b.append(&h, data).unwrap();
+}
+
+fn add_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) {
+    let h = header(path, EntryType::Directory, mode, 0);
+    b.append(&h, &[][..]).unwrap();
+}
+
+/// A root filesystem: busybox with a link per applet, passwd, group.
+fn busybox_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    add_dir(&mut b, "./", 0o755);
+    for d in [
+        "bin", "etc", "proc", "sys", "dev", "root", "home", "home/app", "srv", "var",
+    ] {
+        add_dir(&mut b, d, 0o755);
+    }
+    add_dir(&mut b, "tmp", 0o1777);
+    add_file(&mut b, "bin/busybox", 0o755, &fs::read(BUSYBOX).unwrap());
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet == "busybox" || applet.is_empty() {
+            continue;
+        }
+        let mut h = header(&format!("bin/{applet}"), EntryType::Symlink, 0o777, 0);
+        h.set_link_name("busybox").unwrap();
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+    }
+    add_file(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    );
+    add_file(
+        &mut b,
+        "etc/group",
+        0o644,
+        b"root:x:0:\nwheel:x:10:app\napp:x:1000:\n",
+    );
+    add_file(&mut b, "bin/notexec", 0o644, b"#!/bin/sh\necho no\n");
+    b.into_inner().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn inspect(e: &Env, root: &Path, image: &str) -> serde_json::Value {
+    let mut c = e.cmd(&["inspect", image]);
+    c.arg("--root").arg(root);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "inspect {image}: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array().and_then(|a| a.first()).cloned().unwrap_or(v)
+}
+
+/// The names in the store's blob of an image's top layer.
+fn top_layer_names(store: &Path, info: &serde_json::Value) -> Vec<String> {
+    let top = info["RootFS"]["Layers"].as_array().unwrap().last().unwrap();
+    let hex = &top.as_str().unwrap()[7..];
+    // Stored uncompressed: the blob digest is the diffID.
+    let blob = fs::read(store.join("blobs/sha256").join(hex)).unwrap();
+    let mut a = tar::Archive::new(blob.as_slice());
+    a.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+const INSTALL_NODE: &str = "mkdir -p /usr/local/node/bin /usr/local/node/lib && \
+    printf '#!/bin/sh\necho node v20.0.0\n' > /usr/local/node/bin/node && \
+    chmod 755 /usr/local/node/bin/node && \
+    echo 'module.exports = 1' > /usr/local/node/lib/index.js && \
+    ln /usr/local/node/lib/index.js /usr/local/node/lib/hardlink.js && \
+    ln -s ../node/bin/node /usr/local/node/nodejs && \
+    rm /bin/notexec && echo changed > /etc/hostname 2>/dev/null; true";
+
+const ADD_APP: &str = "mkdir -p /app && \
+    printf '#!/bin/sh\necho app running\nexec /usr/local/node/bin/node\n' > /app/run && \
+    chmod 755 /app/run";
+
+#[test]
+fn commit_walkthrough_history_run_save_load_skopeo() {
+    let Some(who) = setup() else { return };
+    let e = Env::new(who);
+    // Add node.
+    e.ok(&["run", "--name", "n1", "busybox", "sh", "-c", INSTALL_NODE]);
+    let bad = e.run(&["commit", "-c", "RUN echo hi", "n1", "x"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert_eq!(stderr(&bad).lines().count(), 1, "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("invalid -c instruction"),
+        "{}",
+        stderr(&bad)
+    );
+    let node_id = e.ok(&["commit", "-m", "Add node", "n1", "node-base"]);
+    assert!(node_id.trim().starts_with("sha256:"), "{node_id}");
+    // The same changes give the same layer.
+    e.ok(&["commit", "-m", "again", "n1", "node-again"]);
+    let store = e.store();
+    let node = inspect(&e, &store, "node-base");
+    let again = inspect(&e, &store, "node-again");
+    assert_eq!(node["RootFS"], again["RootFS"]);
+    assert_eq!(node["RootFS"]["Layers"].as_array().unwrap().len(), 2);
+    let names = top_layer_names(&store, &node);
+    for want in [
+        "usr/",
+        "usr/local/node/bin/node",
+        "usr/local/node/lib/hardlink.js",
+        "usr/local/node/nodejs",
+        "bin/.wh.notexec",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    for n in &names {
+        assert!(
+            !n.ends_with("etc/hostname")
+                && !n.ends_with("etc/hosts")
+                && !n.ends_with("resolv.conf"),
+            "runner file {n} in the layer"
+        );
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    // Add app, with a CMD.
+    e.ok(&["run", "--name", "n2", "node-base", "sh", "-c", ADD_APP]);
+    e.ok(&[
+        "commit",
+        "-c",
+        r#"CMD ["/app/run"]"#,
+        "-c",
+        "ENV APP=1",
+        "-m",
+        "Add app",
+        "n2",
+        "app",
+    ]);
+    let hist = e.ok(&["history", "app"]);
+    let pos = |s: &str| hist.find(s).unwrap_or_else(|| panic!("{s} not in\n{hist}"));
+    assert!(pos("Add app") < pos("Add node"), "{hist}");
+    assert!(pos("Add node") < pos("Imported from"), "{hist}");
+    let app = inspect(&e, &store, "app");
+    assert_eq!(app["Config"]["Cmd"], serde_json::json!(["/app/run"]));
+    assert_eq!(app["RootFS"]["Layers"].as_array().unwrap().len(), 3);
+    // Running the image with no command runs the app.
+    let out = e.ok(&["run", "--rm", "app"]);
+    assert!(
+        out.contains("app running") && out.contains("node v20.0.0"),
+        "{out}"
+    );
+    // Save, load into a fresh store: same image, same layers.
+    let archive = e.path("app.tar");
+    let a = archive.to_str().unwrap().to_string();
+    e.ok(&["save", "app", "-o", &a]);
+    let fresh = e.path("fresh");
+    let mut c = e.cmd(&["load", "-q", "-i", &a]);
+    c.arg("--root").arg(&fresh);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "load: {}", stderr(&o));
+    let loaded = inspect(&e, &fresh, "app");
+    assert_eq!(loaded["Id"], app["Id"]);
+    assert_eq!(loaded["RootFS"], app["RootFS"]);
+    assert_eq!(loaded["Descriptor"]["digest"], app["Descriptor"]["digest"]);
+    // skopeo reads both views with the same layer digests.
+    let manifest_layers: Vec<String> = {
+        let m = fs::read(
+            store
+                .join("blobs/sha256")
+                .join(&app["Descriptor"]["digest"].as_str().unwrap()[7..]),
+        )
+        .unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        println!("skopeo checks skipped: skopeo is not installed");
+        return;
+    }
+    for transport in ["oci-archive", "docker-archive"] {
+        let o = Command::new("skopeo")
+            .args(["inspect", &format!("{transport}:{a}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "skopeo {transport}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let layers: Vec<String> = v["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(layers, manifest_layers, "{transport}: {}", stdout(&o));
+    }
+}
+
+#[test]
+fn commit_refuses_unknown_container_and_removed_image() {
+    let Some(who) = setup() else { return };
+    let e = Env::new(who);
+    let o = e.run(&["commit", "nosuch"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    e.ok(&["run", "--name", "c1", "busybox", "true"]);
+    // The image's config blob is gone: one clear line.
+    let info = inspect(&e, &e.store(), "busybox");
+    let id = info["Id"].as_str().unwrap();
+    fs::remove_file(e.store().join("blobs/sha256").join(&id[7..])).unwrap();
+    let o = e.run(&["commit", "c1", "x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("was removed"), "{}", stderr(&o));
+}
