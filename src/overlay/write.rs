@@ -1106,12 +1106,6 @@ impl Overlay {
         if is_internal_xattr(name) {
             return Err(Errno::EPERM);
         }
-        if name.starts_with(b"system.posix_acl_") {
-            // Setting an ACL also changes the mode on disk behind the
-            // kernel's attribute cache; refusing makes callers (cp, mv,
-            // setfacl fall back to chmod), which the cache does see.
-            return Err(Errno::EOPNOTSUPP);
-        }
         self.copy_up(ino, true)?;
         let loc = self.loc(ino)?;
         let cname = sys::cstr(OsStr::from_bytes(name))?;
