@@ -1261,3 +1261,62 @@ fn lower_hardlinks_stay_linked_after_copy_up() {
         assert_eq!(st.st_ino, h2_before.st_ino, "{p} keeps the inode number");
     }
 }
+
+/// A file keeps its inode number across copy-up, and after unmount and
+/// mount again (the copy records its origin, as kernel overlayfs does); the
+/// readdir d_ino agrees with st_ino. Checked on both mounts.
+#[test]
+fn inode_numbers_survive_copy_up_and_remount() {
+    if !init() {
+        return;
+    }
+    let stack = Stack::new(vec![
+        Layer::new().file("top", b"t", 0o644),
+        Layer::new()
+            .file("f", b"lower", 0o644)
+            .symlink("s", "f")
+            .dir("d", 0o755)
+            .file("d/g", b"g", 0o644),
+    ]);
+    let mut fx = WFixture::new(&stack);
+    let names = ["f", "s", "d", "d/g"];
+    let inos = |root: &Path| -> Vec<u64> {
+        names
+            .iter()
+            .map(|p| lstat(&root.join(p)).expect(p).st_ino)
+            .collect()
+    };
+    let roots = [fx.k().to_path_buf(), fx.f().to_path_buf()];
+    let before: Vec<Vec<u64>> = roots.iter().map(|r| inos(r)).collect();
+    for r in &roots {
+        let fd = open(&r.join("f"), libc::O_WRONLY | libc::O_APPEND, 0).expect("open f");
+        write(&fd, b"+").expect("append f");
+        lchown(&r.join("s"), 5, 5).expect("chown s");
+        let fd = open(&r.join("d/g"), libc::O_WRONLY | libc::O_APPEND, 0).expect("open d/g");
+        write(&fd, b"+").expect("append d/g");
+    }
+    let after: Vec<Vec<u64>> = roots.iter().map(|r| inos(r)).collect();
+    assert_eq!(before, after, "st_ino changed at copy-up (kernel, layerfs)");
+    let problems = fx.unmount();
+    assert!(problems.is_empty(), "{problems:?}");
+    fx.mount().expect("remount");
+    let roots = [fx.k().to_path_buf(), fx.f().to_path_buf()];
+    let remounted: Vec<Vec<u64>> = roots.iter().map(|r| inos(r)).collect();
+    assert_eq!(
+        before, remounted,
+        "st_ino changed across remount (kernel, layerfs)"
+    );
+    for r in &roots {
+        for e in fs::read_dir(r).expect("readdir") {
+            let e = e.expect("entry");
+            let st = lstat(&e.path()).expect("lstat");
+            use std::os::unix::fs::DirEntryExt;
+            assert_eq!(
+                e.ino(),
+                st.st_ino,
+                "d_ino vs st_ino of {}",
+                e.path().display()
+            );
+        }
+    }
+}

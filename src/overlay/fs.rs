@@ -41,11 +41,12 @@ const LISTING_CACHE_ENTRIES: usize = 256 * 1024;
 
 /// Prefixes of extended attributes that belong to the overlay machinery and
 /// are never shown through the mount.
-const HIDDEN_XATTR_PREFIXES: [&[u8]; 4] = [
+const HIDDEN_XATTR_PREFIXES: [&[u8]; 5] = [
     b"trusted.overlay.",
     b"user.overlay.",
     b"user.fuseoverlayfs.",
     b"user.layerfs.",
+    b"trusted.layerfs.",
 ];
 
 /// True for an xattr name that belongs to the overlay machinery.
@@ -334,6 +335,27 @@ impl Overlay {
         self.stack.inos.map(fs, real)
     }
 
+    /// Learns, from the xattr a copy-up wrote, which merged inode number the
+    /// upper file `name` (inode `real`) had before a remount, so that st_ino
+    /// stays the same across copy-up and remount (kernel overlayfs keeps it
+    /// with its origin xattr). Files without one map to themselves; the
+    /// answer is remembered either way.
+    pub(super) fn load_origin(&self, dirfd: &OwnedFd, name: &CStr, real: u64) {
+        let Some(up) = &self.upper else { return };
+        if self.origins.contains_key(&real) {
+            return;
+        }
+        let path = sys::proc_fd_path(dirfd.as_fd(), Some(name));
+        let origin = sys::lgetxattr(&path, up.origin_xattr())
+            .ok()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
+            .filter(|&o| o > 1)
+            .map(Ino);
+        let fs = self.stack.layer(LayerIdx(0)).map(|l| l.fs).unwrap_or(0);
+        let ino = origin.unwrap_or_else(|| self.stack.inos.map(fs, real));
+        self.origins.insert(real, ino);
+    }
+
     /// Copies out what an operation needs of a node, releasing the guard.
     pub(super) fn node_info(&self, ino: Ino) -> SysResult<NodeInfo> {
         let n = self.nodes.get(&ino).ok_or(Errno::ESTALE)?;
@@ -523,6 +545,10 @@ impl Overlay {
             return Ok(None);
         };
         let mut st = top_stat.ok_or(Errno::EIO)?;
+        if resolved.top == LayerIdx(0) {
+            let fd = self.dir_fd(parent, resolved.top)?;
+            self.load_origin(&fd, &cname, st.ino);
+        }
         let ino = self.map_ino(resolved.top, st.ino);
         st.ino = ino.0;
         let layers: Box<[LayerIdx]> = if resolved.is_dir {
@@ -921,7 +947,15 @@ impl Overlay {
             kind: FileKind::Dir,
             layer: top,
         });
+        let upper_fd = match self.upper.is_some() && layers.first() == Some(&LayerIdx(0)) {
+            true => Some(self.dir_fd(ino, LayerIdx(0))?),
+            false => None,
+        };
         for m in merged {
+            if let (LayerIdx(0), Some(fd)) = (m.layer, &upper_fd) {
+                let cname = sys::cstr(OsStr::from_bytes(&m.name))?;
+                self.load_origin(fd, &cname, m.ino);
+            }
             items.push(DirItem {
                 ino: self.map_ino(m.layer, m.ino),
                 name: m.name.into_boxed_slice(),

@@ -96,6 +96,8 @@ enum OpaqueMode {
 /// The writable side of a mount.
 pub struct Upper {
     work: Arc<OwnedFd>,
+    /// Where a copy-up records the merged inode number it was made for.
+    origin_xattr: &'static CStr,
     chardev_whiteouts: bool,
     opaque: OpaqueMode,
     volatile: bool,
@@ -171,15 +173,27 @@ impl Upper {
             OpaqueMode::MarkerFile
         };
         let _ = sys::unlinkat(work.as_fd(), probe, libc::AT_REMOVEDIR);
+        // trusted.* also works on symlinks and devices, user.* does not.
+        let origin_xattr = match opaque {
+            OpaqueMode::Xattr(x) if x.to_bytes().starts_with(b"trusted.") => {
+                c"trusted.layerfs.origin"
+            }
+            _ => c"user.layerfs.origin",
+        };
         info!("upper layer: chardev whiteouts {chardev_whiteouts}, opaque {opaque:?}");
         Ok(Upper {
             work,
+            origin_xattr,
             chardev_whiteouts,
             opaque,
             volatile: opts.volatile,
             tmp_counter: AtomicU64::new(0),
             copy_locks: (0..COPY_LOCKS).map(|_| Mutex::new(())).collect(),
         })
+    }
+
+    pub(super) fn origin_xattr(&self) -> &'static CStr {
+        self.origin_xattr
     }
 
     fn tmp_name(&self) -> CString {
@@ -408,6 +422,14 @@ impl Overlay {
                 &sys::proc_fd_path(work, Some(&tmp)),
             )?;
             sys::utimensat(work, &tmp, SetTime::At(st.atime), SetTime::At(st.mtime))?;
+            // Best effort (user.* is refused on symlinks): without it the
+            // copy keeps its inode number only until the next mount.
+            let _ = sys::lsetxattr(
+                &sys::proc_fd_path(work, Some(&tmp)),
+                up.origin_xattr,
+                ino.0.to_string().as_bytes(),
+                0,
+            );
             if let Some(fd) = &data_fd
                 && !up.volatile
             {

@@ -65,8 +65,9 @@ use crate::sys;
 pub const RUNNER_INJECTED: [&str; 3] = ["etc/resolv.conf", "etc/hosts", "etc/hostname"];
 
 /// Xattr name prefixes that are the overlay's metadata, not the file's.
-const OVERLAY_XATTRS: [&str; 5] = [
+const OVERLAY_XATTRS: [&str; 6] = [
     "trusted.overlay.",
+    "trusted.layerfs.",
     "user.overlay.",
     "user.fuseoverlayfs.",
     "user.layerfs.",
