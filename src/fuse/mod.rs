@@ -14,7 +14,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -205,6 +205,14 @@ impl LayerFs {
         if !self.passthrough.load(Ordering::Relaxed) {
             return None;
         }
+        // Passed-through writes run with the daemon's credentials, which
+        // would keep setuid/setgid bits that a write by the caller must
+        // clear: such files are served by the daemon, which sees the flag.
+        if crate::sys::fstat(fd.as_fd())
+            .is_ok_and(|st| st.mode & (libc::S_ISUID | libc::S_ISGID) != 0)
+        {
+            return None;
+        }
         let r = match self.backing.entry(ino) {
             dashmap::Entry::Occupied(mut o) => {
                 let b = o.get_mut();
@@ -251,6 +259,11 @@ impl fuser::Filesystem for LayerFs {
             // for system.posix_acl_access on every file. (The kernel then
             // also checks permissions itself, ACLs included.)
             ("POSIX ACLs", InitFlags::FUSE_POSIX_ACL),
+            // The kernel no longer asks for security.capability before every
+            // write (one GETXATTR per write otherwise); it flags writes that
+            // must clear setuid/setgid instead (see `write`), and files with
+            // those bits are never passed through (see `open_mode`).
+            ("kill-priv v2", InitFlags::FUSE_HANDLE_KILLPRIV_V2),
         ];
         for (what, flag) in wanted {
             if config.add_capabilities(flag).is_err() {
@@ -637,12 +650,18 @@ impl fuser::Filesystem for LayerFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.ov.write(fh.0, offset, data) {
+        let r = self.ov.write(fh.0, offset, data).and_then(|n| {
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                self.ov.kill_suidgid(fh.0)?;
+            }
+            Ok(n)
+        });
+        match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(ferr(e)),
         }

@@ -642,9 +642,17 @@ impl Overlay {
             make(work, &tmp)?;
             let work_owned = up.work.clone();
             let r = (|| {
-                self.chown_new(&pfd, &tmp, c)
-                    .or_else(|_| sys::fchownat(work, &tmp, c.uid, c.gid))?;
+                // Built in the work directory, so take from the real parent
+                // what the kernel would: a setgid parent's group, and its
+                // setgid bit for a new directory.
+                let pst = sys::fstat(pfd.as_fd())?;
+                let sgid_parent = pst.mode & libc::S_ISGID != 0;
+                let gid = if sgid_parent { pst.gid } else { c.gid };
+                sys::fchownat(work, &tmp, c.uid, gid)?;
                 let st = sys::fstatat(work, &tmp)?;
+                if sgid_parent && st.kind() == FileKind::Dir {
+                    sys::fchmodat(work, &tmp, (st.mode & 0o7777) | libc::S_ISGID)?;
+                }
                 if st.kind() == FileKind::Dir {
                     // Something existed below: the new directory must not
                     // merge with it.
@@ -1058,7 +1066,27 @@ impl Overlay {
     /// `setattr`: copies up, then changes mode, owner, size and times.
     pub fn setattr(&self, ino: Ino, a: SetAttr, fh: Option<u64>) -> SysResult<Stat> {
         if a.is_empty() {
-            return self.getattr_fh(ino, fh);
+            // With kill-priv v2, an empty setattr of a regular file is "clear
+            // setuid/setgid before this caller writes" (FATTR_KILL_SUIDGID,
+            // which fuser does not pass on); for anything else it is a no-op
+            // such as chown(-1, -1). Clearing them here also puts
+            // the new mode into the kernel's attribute cache.
+            let st = self.getattr_fh(ino, fh)?;
+            if self.upper.is_none()
+                || st.kind() != FileKind::Regular
+                || st.mode & (libc::S_ISUID | libc::S_ISGID) == 0
+            {
+                return Ok(st);
+            }
+            let mut mode = st.mode & 0o7777 & !libc::S_ISUID;
+            if st.mode & libc::S_IXGRP != 0 {
+                mode &= !libc::S_ISGID;
+            }
+            let a = SetAttr {
+                mode: Some(mode),
+                ..SetAttr::default()
+            };
+            return self.setattr(ino, a, fh);
         }
         self.upper()?;
         let truncating_all = a.size == Some(0);
@@ -1159,6 +1187,21 @@ impl Overlay {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<usize> {
         let fd = self.file_fd(fh)?;
         sys::pwrite(fd.as_fd(), data, offset)
+    }
+
+    /// Clears setuid (and setgid, when group-executable) after a write by a
+    /// caller the kernel says must not keep them.
+    pub fn kill_suidgid(&self, fh: u64) -> SysResult<()> {
+        let fd = self.file_fd(fh)?;
+        let st = sys::fstat(fd.as_fd())?;
+        let mut mode = st.mode & 0o7777 & !libc::S_ISUID;
+        if st.mode & libc::S_IXGRP != 0 {
+            mode &= !libc::S_ISGID;
+        }
+        if mode != st.mode & 0o7777 {
+            sys::fchmodat(fd.as_fd(), c"", mode)?;
+        }
+        Ok(())
     }
 
     /// `fsync`/`fdatasync`; a no-op on a volatile mount.
