@@ -577,10 +577,29 @@ impl Overlay {
         layers: Box<[LayerIdx]>,
     ) {
         let mut new_name = false;
+        // Every name of the old object is gone (or its type differs): a new
+        // object got its freed inode number, and the node now stands for it.
+        let reused = self.orphans.remove(&ino).is_some();
+        let mut released: Vec<Ino> = Vec::new();
         self.nodes
             .entry(ino)
             .and_modify(|n| {
                 n.refs += 1;
+                if reused || n.kind != kind {
+                    released.push(n.parent);
+                    released.extend(
+                        n.aliases
+                            .take()
+                            .into_iter()
+                            .flat_map(|a| a.into_iter().map(|(p, _)| p)),
+                    );
+                    n.parent = parent;
+                    n.name = name.into();
+                    n.kind = kind;
+                    n.layers = layers.clone();
+                    new_name = true;
+                    return;
+                }
                 if !n.has_name(parent, name) {
                     new_name = true;
                     n.aliases
@@ -609,6 +628,9 @@ impl Overlay {
             });
         if new_name && let Some(mut p) = self.nodes.get_mut(&parent) {
             p.refs += 1;
+        }
+        for p in released {
+            self.forget(p, 1);
         }
     }
 
@@ -650,8 +672,7 @@ impl Overlay {
     /// it, such as fifos, which never reach the daemon.
     pub(super) fn drop_name(&self, ino: Ino, parent: Ino, name: &[u8], last: Option<Stat>) {
         if let Some(mut st) = last
-            && st.nlink <= 1
-            && st.kind() != FileKind::Dir
+            && (st.nlink <= 1 || st.kind() == FileKind::Dir)
         {
             st.nlink = 0;
             self.orphans.insert(ino, st);

@@ -890,7 +890,7 @@ impl Overlay {
         let pfd = self.upper_dir(parent)?;
         self.remove_upper_and_whiteout(parent, &pfd, name, &found)?;
         self.invalidate_listing(found.ino);
-        self.drop_name(found.ino, parent, name, None);
+        self.drop_name(found.ino, parent, name, Some(found.stat));
         Ok(())
     }
 
