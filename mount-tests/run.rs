@@ -10,7 +10,6 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,156 +17,10 @@ use std::time::{Duration, Instant};
 
 use tar::{EntryType, Header};
 
-const BUSYBOX: &str = "/bin/busybox";
-
-/// Who runs the commands.
-#[derive(Clone, Copy, Debug)]
-struct As {
-    uid: u32,
-    gid: u32,
-}
-
-fn lookup_user(name: &str) -> Option<As> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: getpwnam returns NULL or a pointer valid until the next call;
-    // the fields are copied at once.
-    unsafe {
-        let pw = libc::getpwnam(c.as_ptr());
-        if pw.is_null() {
-            return None;
-        }
-        Some(As {
-            uid: (*pw).pw_uid,
-            gid: (*pw).pw_gid,
-        })
-    }
-}
-
-/// The unprivileged user to test as, or why the tests cannot run.
-fn test_user() -> Result<As, String> {
-    // SAFETY: plain getters.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    if uid != 0 {
-        return Ok(As { uid, gid });
-    }
-    let name = std::env::var("LAYERFS_TEST_USER").unwrap_or_else(|_| "tester".into());
-    lookup_user(&name).ok_or_else(|| {
-        format!("no user {name} to run as (useradd -m {name}, or set LAYERFS_TEST_USER)")
-    })
-}
-
-fn requirements() -> Result<As, String> {
-    if fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_err()
-    {
-        return Err("/dev/fuse is not usable".into());
-    }
-    if !Path::new(BUSYBOX).is_file() {
-        return Err(format!(
-            "{BUSYBOX} is missing (apt-get install busybox-static)"
-        ));
-    }
-    test_user()
-}
-
-/// Returns the user to run as, or None after printing why the test is skipped.
-fn setup() -> Option<As> {
-    match requirements() {
-        Ok(a) => Some(a),
-        Err(why) => {
-            if std::env::var("LAYERFS_REQUIRE_MOUNT_TESTS").as_deref() == Ok("1") {
-                panic!("runner tests cannot run: {why}");
-            }
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
-}
-
-fn bin() -> PathBuf {
-    std::env::var_os("LAYERFS_BIN")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_layerfs")))
-}
-
-/// A store owned by the test user, with the busybox images loaded.
-struct Env {
-    who: As,
-    dir: tempfile::TempDir,
-}
+mod runner_env;
+use runner_env::*;
 
 impl Env {
-    fn new(who: As) -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("layerfs-run-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let c = CString::new(dir.path().to_str().unwrap()).unwrap();
-        // SAFETY: valid C string.
-        assert_eq!(unsafe { libc::chown(c.as_ptr(), who.uid, who.gid) }, 0);
-        let e = Env { who, dir };
-        fs::write(e.path("busybox.tar"), busybox_layer()).unwrap();
-        let tar = e.path("busybox.tar");
-        e.ok(&["import", tar.to_str().unwrap(), "busybox"]);
-        e
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn store(&self) -> PathBuf {
-        self.path("store")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.arg("--root").arg(self.store()).args(args);
-        c.current_dir(self.dir.path())
-            .env("HOME", self.dir.path())
-            .env_remove("XDG_DATA_HOME");
-        // SAFETY: plain getter.
-        if unsafe { libc::getuid() } == 0 {
-            c.uid(self.who.uid).gid(self.who.gid);
-        }
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).stdin(Stdio::null()).output().unwrap()
-    }
-
-    /// Runs and expects exit status 0; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "layerfs {args:?}: {:?}\nstdout: {}\nstderr: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    /// Container directories in the store.
-    fn containers(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.store().join("containers"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
     /// Loads an image with this run config (Env, Cmd, ...) on top of busybox.
     fn load_config_image(&self, tag: &str, config: serde_json::Value, extra: &[(&str, &str)]) {
         let layers = vec![busybox_layer(), extra_layer(extra)];

@@ -401,6 +401,11 @@ impl Overlay {
     /// Where node `ino` lives in its serving layer.
     pub(super) fn loc(&self, ino: Ino) -> SysResult<Loc> {
         let info = self.node_info(ino)?;
+        self.loc_of(ino, &info)
+    }
+
+    /// Like [`Overlay::loc`], from a node copy the caller already holds.
+    fn loc_of(&self, ino: Ino, info: &NodeInfo) -> SysResult<Loc> {
         let top = info.top();
         if ino == Ino::ROOT {
             return Ok(Loc {
@@ -764,8 +769,9 @@ impl Overlay {
 
     /// The attributes of `ino`.
     pub fn getattr(&self, ino: Ino) -> SysResult<Stat> {
-        let layers = self.node_info(ino)?.layers;
-        let loc = self.loc(ino)?;
+        let info = self.node_info(ino)?;
+        let loc = self.loc_of(ino, &info)?;
+        let layers = info.layers;
         let mut st = match loc.stat() {
             Err(Errno::ENOENT) => match self.open_upper_fd(ino) {
                 Some(fd) => sys::fstat(fd.as_fd())?,
