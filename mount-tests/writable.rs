@@ -1,12 +1,14 @@
-//! Writable-layer mount tests (issue 3): layerfs with an upperdir against kernel overlayfs
-//! (mounted with `redirect_dir=off`) as the oracle, on identical copies of each stack under
-//! /var/tmp.
+//! Writable-layer mount tests (issues 3 and 8): layerfs with an upperdir against kernel
+//! overlayfs (mounted with `redirect_dir=on`) as the oracle, on identical copies of each stack
+//! under /var/tmp.
 //!
 //! - `differential_random_ops`: seeded random operation sequences run on both mounts; results,
 //!   merged trees and upper dirs must agree (see writable/diff.rs for replay variables).
 //! - targeted tests (writable/targeted.rs): whiteouts, rmdir, opaque dirs, `.wh.` names,
 //!   copy-up metadata, sparse copy-up, hardlinks, open-unlinked files, long names, EROFS,
 //!   O_APPEND, shared mmap, rename rules, permissions as uid 1000.
+//! - writable/semantics.rs (issue 8): lower-directory renames by redirect, open files across
+//!   copy-up.
 //! - `crash_safety_kill_9` (writable/crash.rs): SIGKILL of the daemon during heavy copy-up.
 //!
 //! Needs root and /dev/fuse (else "skipped", unless LAYERFS_REQUIRE_MOUNT_TESTS=1).
@@ -19,6 +21,8 @@ mod crash;
 mod diff;
 #[path = "writable/harness.rs"]
 mod harness;
+#[path = "writable/semantics.rs"]
+mod semantics;
 #[path = "writable/targeted.rs"]
 mod targeted;
 

@@ -9,6 +9,7 @@
 //! - `LAYERFS_DIFF_SEEDS=a,b,c`: the seeds to run;
 //! - `LAYERFS_DIFF_SHRINK=0`: do not shrink failing sequences (default: the first two failing
 //!   seeds are shrunk, `LAYERFS_DIFF_SHRINK_SECS` (30) each);
+//! - `LAYERFS_DIFF_VERBOSE=1`: print each op and the kernel's outcome.
 //! - `LAYERFS_DIFF_AVOID=suid,hl1,...`: skip ops matching known bugs (see [`apply_avoid`]).
 #![allow(dead_code)]
 
@@ -713,6 +714,9 @@ pub fn run_sequence(
             (h.join().expect("exec panicked"), b)
         });
         n_ok += a.is_ok() as usize;
+        if std::env::var_os("LAYERFS_DIFF_VERBOSE").is_some() {
+            eprintln!("#{i} {op:?}: {}", show_outcome(&a));
+        }
         if a != b {
             return Some(Failure {
                 index: i,

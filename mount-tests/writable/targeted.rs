@@ -286,13 +286,23 @@ fn mkdir_over_whiteout_is_opaque() {
                 op("ff")
             ));
         }
-        for p in ["new", "new/sub", "keep", "keep/n"] {
+        for p in ["new/sub", "keep"] {
             if op(p).is_some() {
                 return Err(format!("upper/{p} should not be opaque: {:?}", op(p)));
             }
         }
         Ok(())
     });
+    // With redirect_dir=on the kernel also marks new directories in merged ones opaque (an
+    // optimization); layerfs does not where nothing exists below (issue 3).
+    if layerfs_specific() {
+        for p in ["new", "keep/n"] {
+            if let Some(v) = opaque_of(&fx.f_upper.join(p)) {
+                t.fails
+                    .push(format!("upper/{p} should not be opaque: {v:?}"));
+            }
+        }
+    }
     t.finish("mkdir_over_whiteout_is_opaque", &mut fx);
 }
 

@@ -77,6 +77,12 @@ pub struct LayerFs {
     backing: DashMap<Ino, Backing>,
     /// Open handles that use a passthrough backing file, by handle.
     pt_handles: DashMap<u64, Ino>,
+    /// Open handles served by the daemon on a mount that passes through
+    /// others, by handle, and their number per inode: while an inode has
+    /// one, its other opens are served by the daemon too (the kernel
+    /// refuses to mix the two on one inode).
+    plain_handles: DashMap<u64, Ino>,
+    plain_opens: DashMap<Ino, u64>,
 }
 
 impl LayerFs {
@@ -88,6 +94,8 @@ impl LayerFs {
             passthrough,
             backing: DashMap::new(),
             pt_handles: DashMap::new(),
+            plain_handles: DashMap::new(),
+            plain_opens: DashMap::new(),
         }
     }
 }
@@ -187,6 +195,18 @@ impl LayerFs {
                 b.opens == 0
             });
         }
+        if let Some((_, ino)) = self.plain_handles.remove(&fh) {
+            self.plain_opens.remove_if_mut(&ino, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
+        }
+    }
+
+    /// Serves handle `fh` of `ino` through the daemon on a passthrough mount.
+    fn open_plain(&self, ino: Ino, fh: u64) {
+        *self.plain_opens.entry(ino).or_insert(0) += 1;
+        self.plain_handles.insert(fh, ino);
     }
 
     /// Chooses how an open file is served. With passthrough, every open of
@@ -211,6 +231,15 @@ impl LayerFs {
         if crate::sys::fstat(fd.as_fd())
             .is_ok_and(|st| st.mode & (libc::S_ISUID | libc::S_ISGID) != 0)
         {
+            return None;
+        }
+        // A lower file of a writable mount may be copied up while open; a
+        // backing file would keep serving the lower data to this handle.
+        // Through the daemon, its reads follow the copy (as on kernel
+        // overlayfs since 4.19), and the writer's opens must stay off
+        // passthrough until it is closed.
+        if (self.ov.writable() && !upper) || self.plain_opens.contains_key(&ino) {
+            self.open_plain(ino, fh);
             return None;
         }
         let r = match self.backing.entry(ino) {

@@ -191,20 +191,27 @@ pub fn walk(layer_count: usize, seen: &Observed) -> Walk {
     let get = |c: usize, l: LayerIdx| seen[c].get(l.0 as usize).unwrap_or(&Seen::Missing);
     for c in 0..seen.len() {
         let mut examined = Vec::new();
+        // Redirects of renamed directories are not replayed: the walk shows
+        // each layer at the path's own names.
         let resolved = rules::resolve(
             &layers,
-            |l| {
+            &layers,
+            b"",
+            |l, _| {
                 examined.push(l);
-                Ok(get(c, l).probe())
+                Ok((get(c, l).probe(), None))
             },
-            |l| {
-                Ok(matches!(
-                    get(c, l),
-                    Seen::Object {
-                        opaque: Some(_),
-                        ..
-                    }
-                ))
+            |l, _| {
+                Ok(rules::DirFacts {
+                    opaque: matches!(
+                        get(c, l),
+                        Seen::Object {
+                            opaque: Some(_),
+                            ..
+                        }
+                    ),
+                    redirect: None,
+                })
             },
         )
         .ok()

@@ -30,7 +30,10 @@ use log::debug;
 use lru::LruCache;
 
 use super::layers::Stack;
-use super::rules::{self, EntryKind, LayerEntry, OPAQUE_MARKER, OPAQUE_XATTRS, Probe};
+use super::rules::{
+    self, DirFacts, EntryKind, LayerEntry, OPAQUE_MARKER, OPAQUE_XATTRS, Place, Probe,
+    REDIRECT_XATTRS, Redirect,
+};
 use super::types::{Ino, LayerIdx};
 use crate::sys::{self, Errno, FileKind, Stat, StatFs, SysResult};
 
@@ -69,6 +72,9 @@ pub(super) struct Node {
     pub(super) aliases: Option<Box<Vec<Alias>>>,
     pub(super) kind: FileKind,
     pub(super) layers: Box<[LayerIdx]>,
+    /// For a directory found through redirects: its place in the layers
+    /// below each one (see [`rules::place_in`]). Usually `None`.
+    pub(super) redirects: Option<Box<[Redirect]>>,
     pub(super) refs: u64,
 }
 
@@ -88,6 +94,7 @@ pub(super) struct NodeInfo {
     pub(super) name: Box<[u8]>,
     pub(super) kind: FileKind,
     pub(super) layers: Box<[LayerIdx]>,
+    pub(super) redirects: Option<Box<[Redirect]>>,
 }
 
 impl NodeInfo {
@@ -118,6 +125,9 @@ pub enum Handle {
         fd: Arc<OwnedFd>,
         /// The fd is the upper-layer file (not a lower one opened read-only).
         upper: bool,
+        /// For a lower fd: the upper copy, opened read-only once the file
+        /// was copied up, which the handle then reads instead.
+        copied: std::sync::OnceLock<Arc<OwnedFd>>,
     },
     /// The listing is read on the first readdir, not at opendir: when the
     /// kernel still caches the directory, it never asks.
@@ -213,6 +223,7 @@ pub(super) struct Found {
     pub(super) ino: Ino,
     pub(super) stat: Stat,
     pub(super) layers: Box<[LayerIdx]>,
+    pub(super) redirects: Option<Box<[Redirect]>>,
 }
 
 impl Found {
@@ -242,6 +253,7 @@ impl Overlay {
                 aliases: None,
                 kind: FileKind::Dir,
                 layers: stack.all().into_boxed_slice(),
+                redirects: None,
                 refs: 1,
             },
         );
@@ -364,6 +376,7 @@ impl Overlay {
             name: n.name.clone(),
             kind: n.kind,
             layers: n.layers.clone(),
+            redirects: n.redirects.clone(),
         })
     }
 
@@ -377,16 +390,71 @@ impl Overlay {
             return Ok(fd.clone());
         }
         let info = self.node_info(ino)?;
-        let pfd = self.dir_fd(info.parent, layer)?;
-        let cname = sys::cstr(OsStr::from_bytes(&info.name))?;
-        let fd = Arc::new(sys::openat(
-            pfd.as_fd(),
-            &cname,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )?);
+        let place = info
+            .redirects
+            .as_deref()
+            .and_then(|r| rules::place_in(r, layer));
+        let fd = match place {
+            Some(Place::Abs(path)) => match self.walk_abs(layer, path)? {
+                Walk::At(pfd, name, _) => Arc::new(open_dir_path(&pfd, &name)?),
+                Walk::Missing | Walk::Stop => return Err(Errno::ENOENT),
+            },
+            Some(Place::Name(n)) => {
+                let pfd = self.dir_fd(info.parent, layer)?;
+                Arc::new(open_dir_path(&pfd, &sys::cstr(OsStr::from_bytes(n))?)?)
+            }
+            None => {
+                let pfd = self.dir_fd(info.parent, layer)?;
+                Arc::new(open_dir_path(
+                    &pfd,
+                    &sys::cstr(OsStr::from_bytes(&info.name))?,
+                )?)
+            }
+        };
         self.lock_dirfds().put((ino, layer), fd.clone());
         Ok(fd)
+    }
+
+    /// Walks absolute place `path` in `layer` down to its last component, as
+    /// kernel overlayfs follows an absolute redirect: a whiteout or a
+    /// non-directory on the way stops the merge, a missing component means
+    /// this layer has nothing there. A redirect met on the way moves the
+    /// place for the layers below (returned with `At`).
+    fn walk_abs(&self, layer: LayerIdx, path: &[u8]) -> SysResult<Walk> {
+        let bottom = self.stack.len() as u16 <= layer.0 + 1;
+        let mut fd = self.layer_root(layer)?;
+        let mut next: Option<Place> = None;
+        let comps: Vec<&[u8]> = rules::abs_components(path).collect();
+        let mut end = 0;
+        for (i, c) in comps.iter().enumerate() {
+            let cname = sys::cstr(OsStr::from_bytes(c))?;
+            end += 1 + c.len();
+            if i + 1 == comps.len() {
+                return Ok(Walk::At(fd, cname, next));
+            }
+            let sub = match open_dir_path(&fd, &cname) {
+                Ok(d) => d,
+                Err(Errno::ENOENT) => {
+                    let mut wh = rules::WH_PREFIX.to_vec();
+                    wh.extend_from_slice(c);
+                    return match sys::fstatat(fd.as_fd(), &sys::cstr(OsStr::from_bytes(&wh))?) {
+                        Ok(_) => Ok(Walk::Stop),
+                        Err(_) => Ok(Walk::Missing),
+                    };
+                }
+                Err(e) if e == Errno::ENOTDIR || e.0 == libc::ELOOP => return Ok(Walk::Stop),
+                Err(e) => return Err(e),
+            };
+            if !bottom && let Some(r) = read_redirect(&sys::proc_fd_path(sub.as_fd(), Some(c".")))?
+            {
+                let cur = next.as_ref().map(|p| p.as_bytes()).unwrap_or(path);
+                // Count the end from the back: the prefix may have changed.
+                let at = cur.len() - (path.len() - end);
+                next = Some(rules::follow_within(cur, at, r));
+            }
+            fd = Arc::new(sub);
+        }
+        Err(Errno::EIO)
     }
 
     fn lock_dirfds(&self) -> std::sync::MutexGuard<'_, LruCache<(Ino, LayerIdx), Arc<OwnedFd>>> {
@@ -419,19 +487,33 @@ impl Overlay {
         })
     }
 
-    /// Whether directory `name` in layer directory `dirfd` is opaque.
-    pub(super) fn is_opaque(&self, dirfd: &OwnedFd, name: &CStr) -> SysResult<bool> {
+    /// Whether directory `name` in layer directory `dirfd` is opaque, and
+    /// where the layers below continue if it was renamed (its redirect).
+    pub(super) fn dir_facts(&self, dirfd: &OwnedFd, name: &CStr) -> SysResult<DirFacts> {
         let path = sys::proc_fd_path(dirfd.as_fd(), Some(name));
-        for x in OPAQUE_XATTRS {
-            match sys::lgetxattr(&path, x) {
-                Ok(v) if v == b"y" => return Ok(true),
-                Ok(_) => {}
-                Err(e) if e == Errno::ENODATA || e.0 == libc::EOPNOTSUPP => {}
-                // Reading trusted.* needs CAP_SYS_ADMIN; unprivileged, it is absent.
-                Err(e) if e == Errno::EPERM || e == Errno::EACCES => {}
-                Err(e) => return Err(e),
+        let names = match sys::llistxattr(&path) {
+            Ok(n) => n,
+            Err(e) if e.0 == libc::EOPNOTSUPP => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let has = |x: &CStr| names.split(|&b| b == 0).any(|n| n == x.to_bytes());
+        let mut facts = DirFacts::default();
+        for x in OPAQUE_XATTRS.iter().filter(|x| has(x)) {
+            if xattr_value(&path, x)?.is_some_and(|v| v == b"y") {
+                facts.opaque = true;
+                return Ok(facts);
             }
         }
+        if REDIRECT_XATTRS.iter().any(|x| has(x)) {
+            facts.redirect = read_redirect(&path)?;
+        }
+        facts.opaque = self.has_opaque_marker(dirfd, name)?;
+        Ok(facts)
+    }
+
+    /// Whether directory `name` in layer directory `dirfd` holds the OCI
+    /// opaque marker file.
+    fn has_opaque_marker(&self, dirfd: &OwnedFd, name: &CStr) -> SysResult<bool> {
         let dir = sys::openat(
             dirfd.as_fd(),
             name,
@@ -459,7 +541,7 @@ impl Overlay {
             self.link_up_alias(parent, name, &mut found);
         }
         let kind = found.stat.kind();
-        self.remember(found.ino, parent, name, kind, found.layers);
+        self.remember(found.ino, parent, name, kind, found.layers, found.redirects);
         Ok(found.stat)
     }
 
@@ -483,7 +565,14 @@ impl Overlay {
             .resolve_in(dir, &layers[from..], &item.name)?
             .ok_or(Errno::ENOENT)?;
         let kind = found.stat.kind();
-        self.remember(found.ino, dir, &item.name, kind, found.layers);
+        self.remember(
+            found.ino,
+            dir,
+            &item.name,
+            kind,
+            found.layers,
+            found.redirects,
+        );
         Ok(found.stat)
     }
 
@@ -504,55 +593,76 @@ impl Overlay {
         layers: &[LayerIdx],
         name: &[u8],
     ) -> SysResult<Option<Found>> {
-        let cname = sys::cstr(OsStr::from_bytes(name))?;
-        let mut wh = rules::WH_PREFIX.to_vec();
-        wh.extend_from_slice(name);
-        let cwh = sys::cstr(OsStr::from_bytes(&wh))?;
-        let mut top_stat: Option<Stat> = None;
+        // The top layer's object: its stat, and where it is (for its origin).
+        let mut top: Option<(Stat, Arc<OwnedFd>, CString)> = None;
+        // Where the last probe found its object, for `facts` to look at.
+        let last: std::cell::RefCell<Option<(Arc<OwnedFd>, CString)>> = Default::default();
+        let all = self.stack.all();
         let resolved = rules::resolve(
             layers,
-            |layer| {
-                let fd = self.dir_fd(parent, layer)?;
+            &all,
+            name,
+            |layer, place| {
+                let (fd, cname, next) = match place {
+                    Place::Name(n) => (
+                        self.dir_fd(parent, layer)?,
+                        sys::cstr(OsStr::from_bytes(n))?,
+                        None,
+                    ),
+                    Place::Abs(p) => match self.walk_abs(layer, p)? {
+                        Walk::At(fd, cname, next) => (fd, cname, next),
+                        Walk::Missing => return Ok((Probe::Missing, None)),
+                        Walk::Stop => return Ok((Probe::Whiteout, None)),
+                    },
+                };
                 let p = match sys::fstatat(fd.as_fd(), &cname) {
                     Ok(st) if st.is_whiteout() => Probe::Whiteout,
                     Ok(st) => {
-                        if top_stat.is_none() {
-                            top_stat = Some(st);
+                        let kind = st.kind();
+                        if top.is_none() {
+                            top = Some((st, fd.clone(), cname.clone()));
                         }
-                        if st.kind() == FileKind::Dir {
+                        if kind == FileKind::Dir {
                             Probe::Dir
                         } else {
                             Probe::NonDir
                         }
                     }
-                    Err(Errno::ENOENT) => match sys::fstatat(fd.as_fd(), &cwh) {
+                    Err(Errno::ENOENT) => match sys::fstatat(fd.as_fd(), &wh_cname(&cname)?) {
                         Ok(_) => Probe::Whiteout,
                         Err(Errno::ENOENT | Errno::ENAMETOOLONG) => Probe::Missing,
                         Err(e) => return Err(e),
                     },
                     Err(e) => return Err(e),
                 };
-                Ok(p)
+                *last.borrow_mut() = Some((fd, cname));
+                Ok((p, next))
             },
-            |layer| {
-                let fd = self.dir_fd(parent, layer)?;
+            |_, _| {
+                let Some((fd, cname)) = last.borrow().clone() else {
+                    return Err(Errno::EIO);
+                };
                 // A `.wh.NAME` beside a directory NAME hides the layers below
                 // it, like an opaque marker.
-                match sys::fstatat(fd.as_fd(), &cwh) {
-                    Ok(_) => return Ok(true),
+                match sys::fstatat(fd.as_fd(), &wh_cname(&cname)?) {
+                    Ok(_) => {
+                        return Ok(DirFacts {
+                            opaque: true,
+                            redirect: None,
+                        });
+                    }
                     Err(Errno::ENOENT | Errno::ENAMETOOLONG) => {}
                     Err(e) => return Err(e),
                 }
-                self.is_opaque(&fd, &cname)
+                self.dir_facts(&fd, &cname)
             },
         )?;
         let Some(resolved) = resolved else {
             return Ok(None);
         };
-        let mut st = top_stat.ok_or(Errno::EIO)?;
+        let (mut st, top_fd, top_name) = top.ok_or(Errno::EIO)?;
         if resolved.top == LayerIdx(0) {
-            let fd = self.dir_fd(parent, resolved.top)?;
-            self.load_origin(&fd, &cname, st.ino);
+            self.load_origin(&top_fd, &top_name, st.ino);
         }
         let ino = self.map_ino(resolved.top, st.ino);
         st.ino = ino.0;
@@ -564,10 +674,15 @@ impl Overlay {
         if layers.len() > 1 {
             st.nlink = 1;
         }
+        let redirects = match resolved.redirects.is_empty() {
+            true => None,
+            false => Some(resolved.redirects.into_boxed_slice()),
+        };
         Ok(Some(Found {
             ino,
             stat: st,
             layers,
+            redirects,
         }))
     }
 
@@ -580,6 +695,7 @@ impl Overlay {
         name: &[u8],
         kind: FileKind,
         layers: Box<[LayerIdx]>,
+        redirects: Option<Box<[Redirect]>>,
     ) {
         let mut new_name = false;
         // Every name of the old object is gone (or its type differs): a new
@@ -602,6 +718,7 @@ impl Overlay {
                     n.name = name.into();
                     n.kind = kind;
                     n.layers = layers.clone();
+                    n.redirects = redirects.clone();
                     new_name = true;
                     return;
                 }
@@ -618,6 +735,7 @@ impl Overlay {
                     && n.layers.first() == Some(&LayerIdx(0));
                 if !upper_copy {
                     n.layers = layers.clone();
+                    n.redirects = redirects.clone();
                 }
             })
             .or_insert_with(|| {
@@ -628,6 +746,7 @@ impl Overlay {
                     aliases: None,
                     kind,
                     layers,
+                    redirects,
                     refs: 1,
                 }
             });
@@ -709,6 +828,24 @@ impl Overlay {
         }
     }
 
+    /// Records that directory `ino`'s upper copy now carries redirect `r`:
+    /// it replaces the upper copy's previous one; redirects met lower down
+    /// stay.
+    pub(super) fn set_upper_redirect(&self, ino: Ino, r: Place) {
+        if let Some(mut n) = self.nodes.get_mut(&ino) {
+            let mut v: Vec<Redirect> = n.redirects.take().map(|b| b.into_vec()).unwrap_or_default();
+            v.retain(|x| x.after != LayerIdx(0));
+            v.insert(
+                0,
+                Redirect {
+                    after: LayerIdx(0),
+                    place: r,
+                },
+            );
+            n.redirects = Some(v.into_boxed_slice());
+        }
+    }
+
     /// Sets the layers of node `ino` (after a copy-up).
     pub(super) fn set_layers(&self, ino: Ino, layers: Box<[LayerIdx]>) {
         if let Some(mut n) = self.nodes.get_mut(&ino) {
@@ -758,7 +895,7 @@ impl Overlay {
     pub fn getattr_fh(&self, ino: Ino, fh: Option<u64>) -> SysResult<Stat> {
         if let Some(fh) = fh
             && let Ok(h) = self.handle(fh)
-            && let Handle::File { fd, .. } = &*h
+            && let Some(fd) = self.current_fd(&h)
         {
             let mut st = sys::fstat(fd.as_fd())?;
             st.ino = ino.0;
@@ -842,13 +979,19 @@ impl Overlay {
             ino,
             fd: fd.clone(),
             upper: in_upper,
+            copied: Default::default(),
         });
         Ok((fh, fd, in_upper))
     }
 
     /// Registers an fd opened by `create` as a handle.
     pub(super) fn add_file_handle(&self, ino: Ino, fd: Arc<OwnedFd>, upper: bool) -> u64 {
-        self.new_handle(Handle::File { ino, fd, upper })
+        self.new_handle(Handle::File {
+            ino,
+            fd,
+            upper,
+            copied: Default::default(),
+        })
     }
 
     /// An open upper-layer fd of `ino`, if any: the way to reach a file whose
@@ -859,17 +1002,53 @@ impl Overlay {
                 ino: i,
                 fd,
                 upper: true,
+                ..
             } if *i == ino => Some(fd.clone()),
             _ => None,
         })
     }
 
+    /// The fd an open file reads from: its own, or for a lower fd whose
+    /// file was copied up since, the upper copy (`None` for a directory).
+    pub(super) fn current_fd(&self, h: &Handle) -> Option<Arc<OwnedFd>> {
+        let Handle::File {
+            ino,
+            fd,
+            upper,
+            copied,
+        } = h
+        else {
+            return None;
+        };
+        if *upper || self.upper.is_none() {
+            return Some(fd.clone());
+        }
+        if let Some(c) = copied.get() {
+            return Some(c.clone());
+        }
+        if self
+            .nodes
+            .get(ino)
+            .is_none_or(|n| n.layers.first() != Some(&LayerIdx(0)))
+        {
+            return Some(fd.clone());
+        }
+        let reopened = self
+            .loc(*ino)
+            .and_then(|l| sys::openat(l.fd.as_fd(), &l.name, libc::O_RDONLY | libc::O_NOFOLLOW, 0))
+            .map(Arc::new)
+            .ok()
+            .or_else(|| self.open_upper_fd(*ino));
+        match reopened {
+            Some(c) => Some(copied.get_or_init(|| c).clone()),
+            None => Some(fd.clone()),
+        }
+    }
+
     /// Reads up to `size` bytes at `offset` from an open file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
         let h = self.handle(fh)?;
-        let Handle::File { fd, .. } = &*h else {
-            return Err(Errno::EISDIR);
-        };
+        let fd = self.current_fd(&h).ok_or(Errno::EISDIR)?;
         let mut buf = vec![0u8; size as usize];
         let n = sys::pread(fd.as_fd(), &mut buf, offset)?;
         buf.truncate(n);
@@ -1046,6 +1225,68 @@ impl Overlay {
             Err(Errno::EACCES)
         }
     }
+}
+
+/// Where an absolute place ends in a layer (see [`Overlay::walk_abs`]).
+enum Walk {
+    /// The directory holding the last component, that component's name, and
+    /// the place for the layers below if a redirect moved it.
+    At(Arc<OwnedFd>, CString, Option<Place>),
+    Missing,
+    /// A whiteout or a non-directory on the way.
+    Stop,
+}
+
+/// Opens directory `name` in `dirfd` as an `O_PATH` fd, not following a
+/// symlink.
+fn open_dir_path(dirfd: &OwnedFd, name: &CStr) -> SysResult<OwnedFd> {
+    sys::openat(
+        dirfd.as_fd(),
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+}
+
+/// `.wh.NAME` for `name`.
+fn wh_cname(name: &CStr) -> SysResult<CString> {
+    let mut wh = rules::WH_PREFIX.to_vec();
+    wh.extend_from_slice(name.to_bytes());
+    sys::cstr(OsStr::from_bytes(&wh))
+}
+
+/// An xattr's value, or `None` where it is absent or cannot be read (reading
+/// trusted.* needs CAP_SYS_ADMIN: unprivileged, it is absent).
+fn xattr_value(path: &CStr, name: &CStr) -> SysResult<Option<Vec<u8>>> {
+    match sys::lgetxattr(path, name) {
+        Ok(v) => Ok(Some(v)),
+        Err(e)
+            if e == Errno::ENODATA
+                || e.0 == libc::EOPNOTSUPP
+                || e == Errno::EPERM
+                || e == Errno::EACCES =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The redirect of the directory at `path`, if it has one. An invalid one is
+/// EIO (and logged), as on the kernel.
+fn read_redirect(path: &CStr) -> SysResult<Option<Place>> {
+    for x in REDIRECT_XATTRS {
+        if let Some(v) = xattr_value(path, x)? {
+            return rules::parse_redirect(&v).map(Some).inspect_err(|_| {
+                log::warn!(
+                    "invalid redirect {:?} on {}",
+                    String::from_utf8_lossy(&v),
+                    path.to_string_lossy()
+                )
+            });
+        }
+    }
+    Ok(None)
 }
 
 /// The classic Unix permission check of `mask` (R_OK/W_OK/X_OK bits) for a

@@ -86,6 +86,145 @@ pub enum Probe {
     NonDir,
 }
 
+/// Where a directory is looked for in a layer, relative to where its
+/// parent is. A directory renamed through the mount carries a redirect
+/// (kernel overlayfs's `redirect_dir`) that moves its place in the layers
+/// below the one holding the redirect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// This name inside the parent directory's own place in that layer.
+    Name(Box<[u8]>),
+    /// This path from the layer's root: starts with `/`, then non-empty
+    /// components other than `.` and `..` (see [`parse_redirect`]).
+    Abs(Box<[u8]>),
+}
+
+impl Place {
+    /// The redirect value that stands for this place, as written to disk.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Place::Name(n) | Place::Abs(n) => n,
+        }
+    }
+}
+
+/// Extended attributes holding a directory's redirect, in every namespace
+/// layerfs reads (trusted as root, user in a user namespace).
+pub const REDIRECT_XATTRS: [&std::ffi::CStr; 2] =
+    [c"trusted.overlay.redirect", c"user.overlay.redirect"];
+
+/// The longest redirect layerfs writes (kernel overlayfs's default
+/// `redirect_max`); a longer one makes the rename EXDEV, as on the kernel.
+pub const REDIRECT_MAX: usize = 256;
+
+/// Parses a redirect value: `/a/b` (absolute from the layer root) or `name`
+/// (relative to the parent). Anything else (empty components, `.`, `..`, a
+/// NUL, a relative value with a `/`) is EIO, as on the kernel: following it
+/// could leave the layer.
+pub fn parse_redirect(v: &[u8]) -> Result<Place, Errno> {
+    let valid = |c: &[u8]| {
+        !c.is_empty() && c != b"." && c != b".." && c.len() <= NAME_MAX && !c.contains(&0)
+    };
+    match v.strip_prefix(b"/") {
+        Some(rest) if rest.split(|&b| b == b'/').all(valid) => Ok(Place::Abs(v.into())),
+        None if !v.contains(&b'/') && valid(v) => Ok(Place::Name(v.into())),
+        _ => Err(Errno::EIO),
+    }
+}
+
+/// The components of an absolute place's path.
+pub fn abs_components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.strip_prefix(b"/")
+        .unwrap_or(path)
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+}
+
+/// Where the layers below continue after a directory found at `cur` turned
+/// out to carry redirect `r`.
+pub fn follow(cur: &Place, r: Place) -> Place {
+    match (cur, r) {
+        (_, Place::Abs(p)) => Place::Abs(p),
+        (Place::Name(_), Place::Name(n)) => Place::Name(n),
+        (Place::Abs(p), Place::Name(n)) => {
+            let cut = p.iter().rposition(|&b| b == b'/').unwrap_or(0);
+            let mut v = p[..cut].to_vec();
+            v.push(b'/');
+            v.extend_from_slice(&n);
+            Place::Abs(v.into())
+        }
+    }
+}
+
+/// Where the layers below continue when, walking absolute path `path`, the
+/// directory ending at byte `end` carries redirect `r`: the redirect replaces
+/// that prefix, the rest of the path stays.
+pub fn follow_within(path: &[u8], end: usize, r: Place) -> Place {
+    let end = end.min(path.len());
+    let head = follow(&Place::Abs(path[..end].into()), r);
+    let mut v = head.as_bytes().to_vec();
+    v.extend_from_slice(&path[end..]);
+    Place::Abs(v.into())
+}
+
+/// The absolute redirect for a directory about to move to another parent:
+/// its own name (or relative redirect), then each ancestor's, up to the root
+/// or the first ancestor with an absolute redirect. `chain` runs from the
+/// directory up to a child of the root; each item is a name and the upper
+/// layer's redirect of that directory, if any. EXDEV when longer than
+/// [`REDIRECT_MAX`].
+pub fn abs_redirect(chain: &[(&[u8], Option<&Place>)]) -> Result<Vec<u8>, Errno> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let mut absolute = false;
+    for (name, redirect) in chain {
+        match redirect {
+            Some(Place::Abs(p)) => {
+                parts.push(p);
+                absolute = true;
+                break;
+            }
+            Some(Place::Name(n)) => parts.push(n),
+            None => parts.push(name),
+        }
+    }
+    let mut v = Vec::new();
+    for (i, p) in parts.iter().rev().enumerate() {
+        if !(i == 0 && absolute) {
+            v.push(b'/');
+        }
+        v.extend_from_slice(p);
+    }
+    if v.len() > REDIRECT_MAX {
+        return Err(Errno::EXDEV);
+    }
+    Ok(v)
+}
+
+/// A change of place: layers below `after` find the directory at `place`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    pub after: LayerIdx,
+    pub place: Place,
+}
+
+/// The place of a directory in `layer`, given its redirects (in layer order):
+/// the last one above that layer, or `None` for its own name in its parent.
+pub fn place_in(redirects: &[Redirect], layer: LayerIdx) -> Option<&Place> {
+    redirects
+        .iter()
+        .rev()
+        .find(|r| r.after < layer)
+        .map(|r| &r.place)
+}
+
+/// What decides how much of the layers below a directory shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirFacts {
+    pub opaque: bool,
+    /// Its redirect, parsed.
+    pub redirect: Option<Place>,
+}
+
 /// The outcome of a successful lookup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
@@ -95,29 +234,42 @@ pub struct Resolved {
     /// For directories: every layer merged into it, top first (starts with
     /// `top`). Empty for non-directories.
     pub dirs: Vec<LayerIdx>,
+    /// For directories: where it is found in the layers below a redirect.
+    pub redirects: Vec<Redirect>,
 }
 
-/// Resolves a name across `layers` (top first), which are the layers of the
-/// parent directory's merge.
+/// Resolves `name` across `parent_layers` (top first), the layers of the
+/// parent directory's merge. An absolute redirect continues in the layers of
+/// the root below the current one (`all_layers`), as on the kernel.
 ///
-/// `probe` reports what a layer holds; `opaque` is asked only for a directory
-/// that has more layers below it. Returns `None` for a negative lookup.
+/// `probe` reports what a layer holds at a place; for an absolute place it
+/// may also return the place later layers use (a redirect met on the way).
+/// `facts` is asked only for a directory that has layers below it. Returns
+/// `None` for a negative lookup.
 pub fn resolve(
-    layers: &[LayerIdx],
-    mut probe: impl FnMut(LayerIdx) -> Result<Probe, Errno>,
-    mut opaque: impl FnMut(LayerIdx) -> Result<bool, Errno>,
+    parent_layers: &[LayerIdx],
+    all_layers: &[LayerIdx],
+    name: &[u8],
+    mut probe: impl FnMut(LayerIdx, &Place) -> Result<(Probe, Option<Place>), Errno>,
+    mut facts: impl FnMut(LayerIdx, &Place) -> Result<DirFacts, Errno>,
 ) -> Result<Option<Resolved>, Errno> {
     let mut found: Option<Resolved> = None;
-    for (i, &layer) in layers.iter().enumerate() {
-        let p = probe(layer)?;
+    let mut place = Place::Name(name.into());
+    let mut redirects: Vec<Redirect> = Vec::new();
+    let (mut list, mut in_root) = (parent_layers, false);
+    let mut i = 0;
+    while i < list.len() {
+        let layer = list[i];
+        let (p, mut next) = probe(layer, &place)?;
         match (p, &mut found) {
-            (Probe::Missing, _) => continue,
+            (Probe::Missing, _) => {}
             (Probe::Whiteout, None) => return Ok(None),
             (Probe::NonDir, None) => {
                 return Ok(Some(Resolved {
                     top: layer,
                     is_dir: false,
                     dirs: Vec::new(),
+                    redirects: Vec::new(),
                 }));
             }
             // A whiteout or non-directory below a directory ends its merge.
@@ -129,15 +281,38 @@ pub fn resolve(
                             top: layer,
                             is_dir: true,
                             dirs: vec![layer],
+                            redirects: Vec::new(),
                         })
                     }
                     Some(r) => r.dirs.push(layer),
                 }
-                if i + 1 < layers.len() && opaque(layer)? {
-                    break;
+                if all_layers.last().is_some_and(|b| *b > layer) {
+                    let f = facts(layer, &place)?;
+                    if f.opaque {
+                        break;
+                    }
+                    if let Some(r) = f.redirect {
+                        next = Some(follow(next.as_ref().unwrap_or(&place), r));
+                    }
                 }
             }
         }
+        if let Some(np) = next {
+            redirects.push(Redirect {
+                after: layer,
+                place: np.clone(),
+            });
+            place = np;
+        }
+        if !in_root && matches!(place, Place::Abs(_)) {
+            in_root = true;
+            list = all_layers;
+            i = all_layers.iter().position(|l| *l == layer).unwrap_or(i);
+        }
+        i += 1;
+    }
+    if let Some(r) = &mut found {
+        r.redirects = redirects;
     }
     Ok(found)
 }
@@ -276,10 +451,15 @@ mod tests {
             let mut asked_opaque = Vec::new();
             let got = resolve(
                 &layers,
-                |x| Ok(probes[x.0 as usize]),
-                |x| {
+                &layers,
+                b"n",
+                |x, _| Ok((probes[x.0 as usize], None)),
+                |x, _| {
                     asked_opaque.push(x.0);
-                    Ok(opaque.contains(&x.0))
+                    Ok(DirFacts {
+                        opaque: opaque.contains(&x.0),
+                        redirect: None,
+                    })
                 },
             )
             .unwrap();
@@ -287,11 +467,188 @@ mod tests {
                 top: l(top),
                 is_dir,
                 dirs: dirs.into_iter().map(l).collect(),
+                redirects: Vec::new(),
             });
             assert_eq!(got, want, "probes {probes:?} opaque {opaque:?}");
             // The bottom layer is never asked whether it is opaque.
             assert!(!asked_opaque.contains(&(probes.len() as u16 - 1)));
         }
+    }
+
+    fn name(s: &str) -> Place {
+        Place::Name(s.as_bytes().into())
+    }
+    fn abs(s: &str) -> Place {
+        Place::Abs(s.as_bytes().into())
+    }
+
+    #[test]
+    fn parse_redirects() {
+        let cases: &[(&[u8], Result<Place, Errno>)] = &[
+            (b"a", Ok(name("a"))),
+            (b"/a", Ok(abs("/a"))),
+            (b"/a/b/c", Ok(abs("/a/b/c"))),
+            (b"", Err(Errno::EIO)),
+            (b"/", Err(Errno::EIO)),
+            (b"a/b", Err(Errno::EIO)),
+            (b"/a//b", Err(Errno::EIO)),
+            (b"/a/", Err(Errno::EIO)),
+            (b"..", Err(Errno::EIO)),
+            (b"/a/../b", Err(Errno::EIO)),
+            (b"/./b", Err(Errno::EIO)),
+            (b"a\0b", Err(Errno::EIO)),
+        ];
+        for (v, want) in cases {
+            assert_eq!(parse_redirect(v), *want, "{}", String::from_utf8_lossy(v));
+        }
+        let long = [b'x'; 256];
+        assert_eq!(parse_redirect(&long), Err(Errno::EIO));
+    }
+
+    #[test]
+    fn follow_redirects() {
+        let cases = [
+            (name("b"), name("a"), name("a")),
+            (name("b"), abs("/x/a"), abs("/x/a")),
+            (abs("/x/b"), name("a"), abs("/x/a")),
+            (abs("/b"), name("a"), abs("/a")),
+            (abs("/x/b"), abs("/y"), abs("/y")),
+        ];
+        for (cur, r, want) in cases {
+            assert_eq!(follow(&cur, r.clone()), want, "{cur:?} + {r:?}");
+        }
+        // /p/q/r with /p/q redirected: the rest of the path stays.
+        assert_eq!(follow_within(b"/p/q/r", 4, name("z")), abs("/p/z/r"));
+        assert_eq!(follow_within(b"/p/q/r", 2, abs("/m/n")), abs("/m/n/q/r"));
+        let comps: Vec<&[u8]> = abs_components(b"/p/q/r").collect();
+        assert_eq!(comps, vec![&b"p"[..], b"q", b"r"]);
+    }
+
+    #[test]
+    fn abs_redirect_paths() {
+        let r = name("old");
+        let a = abs("/deep/x");
+        type Chain<'a> = Vec<(&'a [u8], Option<&'a Place>)>;
+        let cases: Vec<(Chain, Result<&str, Errno>)> = vec![
+            (vec![(b"d", None)], Ok("/d")),
+            (vec![(b"d", None), (b"p", None)], Ok("/p/d")),
+            (vec![(b"d", Some(&r)), (b"p", None)], Ok("/p/old")),
+            (vec![(b"d", None), (b"p", Some(&r))], Ok("/old/d")),
+            (
+                vec![(b"d", None), (b"p", Some(&a)), (b"q", None)],
+                Ok("/deep/x/d"),
+            ),
+            (vec![(b"d", Some(&a))], Ok("/deep/x")),
+        ];
+        for (chain, want) in cases {
+            let got = abs_redirect(&chain);
+            assert_eq!(got, want.map(|s| s.as_bytes().to_vec()), "{chain:?}");
+        }
+        let n = [b'n'; 200];
+        assert_eq!(abs_redirect(&[(&n, None), (&n, None)]), Err(Errno::EXDEV));
+    }
+
+    #[test]
+    fn places_by_layer() {
+        let rs = vec![
+            Redirect {
+                after: l(0),
+                place: name("a"),
+            },
+            Redirect {
+                after: l(2),
+                place: abs("/z"),
+            },
+        ];
+        assert_eq!(place_in(&rs, l(0)), None);
+        assert_eq!(place_in(&rs, l(1)), Some(&name("a")));
+        assert_eq!(place_in(&rs, l(2)), Some(&name("a")));
+        assert_eq!(place_in(&rs, l(3)), Some(&abs("/z")));
+        assert_eq!(place_in(&[], l(3)), None);
+    }
+
+    /// A tiny layered tree: per layer, the directories (absolute paths) with
+    /// their redirects, and whiteouts.
+    struct Tree {
+        dirs: Vec<Vec<(&'static str, Option<Place>)>>,
+    }
+
+    impl Tree {
+        fn probe(&self, parent: &str, layer: LayerIdx, place: &Place) -> (Probe, Option<Place>) {
+            let path = match place {
+                Place::Name(n) => format!("{parent}/{}", String::from_utf8_lossy(n)),
+                Place::Abs(p) => String::from_utf8_lossy(p).into_owned(),
+            };
+            let hit = self.dirs[layer.0 as usize].iter().any(|(p, _)| *p == path);
+            (if hit { Probe::Dir } else { Probe::Missing }, None)
+        }
+        fn facts(&self, parent: &str, layer: LayerIdx, place: &Place) -> DirFacts {
+            let path = match place {
+                Place::Name(n) => format!("{parent}/{}", String::from_utf8_lossy(n)),
+                Place::Abs(p) => String::from_utf8_lossy(p).into_owned(),
+            };
+            let redirect = self.dirs[layer.0 as usize]
+                .iter()
+                .find(|(p, _)| *p == path)
+                .and_then(|(_, r)| r.clone());
+            DirFacts {
+                opaque: false,
+                redirect,
+            }
+        }
+    }
+
+    #[test]
+    fn resolve_follows_redirects() {
+        // Layer 0 (upper): /p/b redirected to "a" (same parent) and /q/c to
+        // /p/a; layer 1: /p/a; layer 2: /p/a with an absolute redirect /z;
+        // layer 3: /z.
+        let t = Tree {
+            dirs: vec![
+                vec![
+                    ("/p", None),
+                    ("/p/b", Some(name("a"))),
+                    ("/q", None),
+                    ("/q/c", Some(abs("/p/a"))),
+                ],
+                vec![("/p", None), ("/p/a", None)],
+                vec![("/p", None), ("/p/a", Some(abs("/z")))],
+                vec![("/z", None)],
+            ],
+        };
+        let all: Vec<LayerIdx> = (0..4).map(l).collect();
+        let run = |parent: &str, parent_layers: &[LayerIdx], n: &str| {
+            resolve(
+                parent_layers,
+                &all,
+                n.as_bytes(),
+                |x, p| Ok(t.probe(parent, x, p)),
+                |x, p| Ok(t.facts(parent, x, p)),
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let b = run("/p", &all[..3], "b");
+        assert_eq!(b.dirs, vec![l(0), l(1), l(2), l(3)]);
+        assert_eq!(
+            b.redirects,
+            vec![
+                Redirect {
+                    after: l(0),
+                    place: name("a")
+                },
+                Redirect {
+                    after: l(2),
+                    place: abs("/z")
+                }
+            ]
+        );
+        // /q exists only in the upper layer: the absolute redirect switches
+        // to the root's layers.
+        let c = run("/q", &all[..1], "c");
+        assert_eq!(c.dirs, vec![l(0), l(1), l(2), l(3)]);
+        assert_eq!(c.redirects[0].place, abs("/p/a"));
+        assert_eq!(c.redirects[1].place, abs("/z"));
     }
 
     fn e(name: &str, ino: u64, kind: EntryKind) -> LayerEntry {

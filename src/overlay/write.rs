@@ -28,7 +28,7 @@ use log::{debug, info, warn};
 
 use super::fs::{Found, Handle, Loc, Overlay, is_internal_xattr};
 use super::layers::Stack;
-use super::rules;
+use super::rules::{self, Place, Redirect};
 use super::trace::CopyMethod;
 use super::types::{Ino, LayerIdx};
 use crate::sys::{self, Errno, FileKind, SetTime, Stat, SysResult};
@@ -98,6 +98,10 @@ pub struct Upper {
     work: Arc<OwnedFd>,
     /// Where a copy-up records the merged inode number it was made for.
     origin_xattr: &'static CStr,
+    /// Where a renamed directory records its place below (kernel
+    /// overlayfs's `overlay.redirect`); `None` when the upper filesystem
+    /// takes no overlay xattrs, and such renames are EXDEV.
+    redirect_xattr: Option<&'static CStr>,
     chardev_whiteouts: bool,
     opaque: OpaqueMode,
     volatile: bool,
@@ -180,10 +184,18 @@ impl Upper {
             }
             _ => c"user.layerfs.origin",
         };
+        let redirect_xattr = match opaque {
+            OpaqueMode::Xattr(x) if x.to_bytes().starts_with(b"trusted.") => {
+                Some(c"trusted.overlay.redirect")
+            }
+            OpaqueMode::Xattr(_) => Some(c"user.overlay.redirect"),
+            OpaqueMode::MarkerFile => None,
+        };
         info!("upper layer: chardev whiteouts {chardev_whiteouts}, opaque {opaque:?}");
         Ok(Upper {
             work,
             origin_xattr,
+            redirect_xattr,
             chardev_whiteouts,
             opaque,
             volatile: opts.volatile,
@@ -216,6 +228,14 @@ enum UpperEntry {
     /// A `.wh.NAME` file beside an absent NAME.
     FileWhiteout,
     Object(FileKind),
+}
+
+/// The redirect a directory's upper copy carries, among its redirects.
+fn upper_redirect(redirects: Option<&[Redirect]>) -> Option<&Place> {
+    redirects?
+        .iter()
+        .find(|r| r.after == UPPER)
+        .map(|r| &r.place)
 }
 
 fn wh_name(name: &[u8]) -> SysResult<CString> {
@@ -683,7 +703,7 @@ impl Overlay {
         let ino = self.map_ino(UPPER, st.ino);
         st.ino = ino.0;
         let kind = st.kind();
-        self.remember(ino, parent, name, kind, Box::new([UPPER]));
+        self.remember(ino, parent, name, kind, Box::new([UPPER]), None);
         Ok(st)
     }
 
@@ -786,7 +806,7 @@ impl Overlay {
         self.invalidate_listing(newparent);
         let mut st = sys::fstatat(pfd.as_fd(), &cname)?;
         st.ino = ino.0;
-        self.remember(ino, newparent, newname, st.kind(), Box::new([UPPER]));
+        self.remember(ino, newparent, newname, st.kind(), Box::new([UPPER]), None);
         Ok(st)
     }
 
@@ -867,7 +887,14 @@ impl Overlay {
         // The directory may have no node yet; give it a temporary one.
         let known = self.node_info(found.ino).is_ok();
         if !known {
-            self.remember(found.ino, parent, name, FileKind::Dir, found.layers.clone());
+            self.remember(
+                found.ino,
+                parent,
+                name,
+                FileKind::Dir,
+                found.layers.clone(),
+                found.redirects.clone(),
+            );
         }
         let r = self.read_listing(found.ino).map(|l| l.len() <= 2);
         if !known {
@@ -894,9 +921,63 @@ impl Overlay {
         Ok(())
     }
 
-    /// `rename` with the RENAME_NOREPLACE and RENAME_EXCHANGE flags. Moving a
-    /// directory that exists in a lower layer is EXDEV (callers such as `mv`
-    /// then copy it).
+    /// The redirect a lower directory `f`, now `name` in `parent`, needs
+    /// before it moves (kernel overlayfs's rules): within its directory, its
+    /// old name unless it has a redirect already; elsewhere, its absolute
+    /// place below, unless its redirect is absolute already (`None`: keep).
+    fn redirect_for(
+        &self,
+        f: &Found,
+        parent: Ino,
+        name: &[u8],
+        samedir: bool,
+    ) -> SysResult<Option<Place>> {
+        if self.upper()?.redirect_xattr.is_none() {
+            return Err(Errno::EXDEV);
+        }
+        let current = upper_redirect(f.redirects.as_deref());
+        if let Some(r) = current
+            && (samedir || matches!(r, Place::Abs(_)))
+        {
+            return Ok(None);
+        }
+        if samedir {
+            return Ok(Some(Place::Name(name.into())));
+        }
+        let mut chain: Vec<(Box<[u8]>, Option<Place>)> = vec![(name.into(), current.cloned())];
+        let mut cur = parent;
+        // Bounded: a cycle cannot exist, but a bound costs nothing.
+        for _ in 0..4096 {
+            if cur == Ino::ROOT {
+                break;
+            }
+            let info = self.node_info(cur)?;
+            let r = upper_redirect(info.redirects.as_deref()).cloned();
+            let absolute = matches!(r, Some(Place::Abs(_)));
+            chain.push((info.name, r));
+            if absolute {
+                break;
+            }
+            cur = info.parent;
+        }
+        let chain: Vec<(&[u8], Option<&Place>)> =
+            chain.iter().map(|(n, r)| (&**n, r.as_ref())).collect();
+        let v = rules::abs_redirect(&chain)?;
+        Ok(Some(Place::Abs(v.into())))
+    }
+
+    /// Records redirect `r` on upper directory `name` in `dirfd`.
+    fn write_redirect(&self, dirfd: BorrowedFd<'_>, name: &CStr, r: &Place) -> SysResult<()> {
+        let x = self.upper()?.redirect_xattr.ok_or(Errno::EXDEV)?;
+        sys::lsetxattr(&sys::proc_fd_path(dirfd, Some(name)), x, r.as_bytes(), 0)
+    }
+
+    /// `rename` with the RENAME_NOREPLACE and RENAME_EXCHANGE flags. A
+    /// directory that exists in a lower layer moves by redirect, as with
+    /// kernel overlayfs's `redirect_dir=on`: it is copied up (without its
+    /// contents), records where it came from, and lookups below follow that.
+    /// Without overlay xattrs in the upper layer it is EXDEV (callers such
+    /// as `mv` then copy it).
     pub fn rename(
         &self,
         parent: Ino,
@@ -934,9 +1015,19 @@ impl Overlay {
             return Err(Errno::ENOENT);
         }
         let lower_dir = |f: &Found| f.is_dir() && f.layers.iter().any(|l| *l != UPPER);
-        if lower_dir(&src) || (exchange && dst.as_ref().is_some_and(lower_dir)) {
-            return Err(Errno::EXDEV);
-        }
+        let samedir = parent == newparent;
+        // For each side that is a lower directory: the redirect to write
+        // (`Some(None)`: the one it has stays right).
+        let src_redirect = match lower_dir(&src) {
+            true => Some(self.redirect_for(&src, parent, name, samedir)?),
+            false => None,
+        };
+        let dst_redirect = match &dst {
+            Some(d) if exchange && lower_dir(d) => {
+                Some(self.redirect_for(d, newparent, newname, samedir)?)
+            }
+            _ => None,
+        };
         if let (Some(d), false) = (&dst, exchange) {
             match (src.is_dir(), d.is_dir()) {
                 (true, false) => return Err(Errno::ENOTDIR),
@@ -956,13 +1047,25 @@ impl Overlay {
         let cname = sys::cstr(OsStr::from_bytes(name))?;
         let cnew = sys::cstr(OsStr::from_bytes(newname))?;
         let work = up.work.as_fd();
+        // Recorded before the move, as the kernel does: a crash in between
+        // leaves a redirect to where the directory still is, which is
+        // harmless.
+        if let Some(Some(r)) = &src_redirect {
+            self.write_redirect(opfd.as_fd(), &cname, r)?;
+        }
+        if let Some(Some(r)) = &dst_redirect {
+            self.write_redirect(npfd.as_fd(), &cnew, r)?;
+        }
         if exchange {
-            // Each directory that lands in a merged directory becomes opaque,
-            // as with a plain rename below.
-            if src.is_dir() && self.node_info(newparent)?.layers.len() > 1 {
+            // Each upper-only directory that lands in a merged directory
+            // becomes opaque, as with a plain rename below.
+            if src.is_dir() && src_redirect.is_none() && self.node_info(newparent)?.layers.len() > 1
+            {
                 self.set_opaque(opfd.as_fd(), &cname, (newparent, newname))?;
             }
-            if dst.as_ref().is_some_and(|d| d.is_dir()) && self.node_info(parent)?.layers.len() > 1
+            if dst.as_ref().is_some_and(|d| d.is_dir())
+                && dst_redirect.is_none()
+                && self.node_info(parent)?.layers.len() > 1
             {
                 self.set_opaque(npfd.as_fd(), &cnew, (parent, name))?;
             }
@@ -990,11 +1093,13 @@ impl Overlay {
                 })?;
                 clear_dir(fd.as_fd())?;
             }
-            // Like kernel overlayfs: a directory moved into a merged
-            // directory, or over something below, must not merge with
-            // whatever that layer holds under its new name.
+            // Like kernel overlayfs: an upper-only directory moved into a
+            // merged directory, or over something below, must not merge
+            // with whatever that layer holds under its new name. (A lower
+            // one follows its redirect instead.)
             let merged_parent = self.node_info(newparent)?.layers.len() > 1;
             if src.is_dir()
+                && src_redirect.is_none()
                 && (dst_below || merged_parent || dst_entry == UpperEntry::ChardevWhiteout)
             {
                 self.set_opaque(opfd.as_fd(), &cname, (newparent, newname))?;
@@ -1049,6 +1154,12 @@ impl Overlay {
         self.invalidate_listing(parent);
         self.invalidate_listing(newparent);
         self.note_rename((parent, name), (newparent, newname), exchange);
+        if let Some(Some(r)) = src_redirect {
+            self.set_upper_redirect(src.ino, r);
+        }
+        if let (Some(d), Some(Some(r))) = (&dst, dst_redirect) {
+            self.set_upper_redirect(d.ino, r);
+        }
         match (&dst, exchange) {
             (Some(d), true) => {
                 self.move_node(src.ino, (parent, name), (newparent, newname));
@@ -1070,7 +1181,12 @@ impl Overlay {
             // setuid/setgid before this caller writes" (FATTR_KILL_SUIDGID,
             // which fuser does not pass on); for anything else it is a no-op
             // such as chown(-1, -1). Clearing them here also puts
-            // the new mode into the kernel's attribute cache.
+            // the new mode into the kernel's attribute cache. Either way the
+            // file is copied up first, as kernel overlayfs does for
+            // chown(-1, -1).
+            if self.upper.is_some() {
+                self.copy_up(ino, true)?;
+            }
             let st = self.getattr_fh(ino, fh)?;
             if self.upper.is_none()
                 || st.kind() != FileKind::Regular
@@ -1176,11 +1292,9 @@ impl Overlay {
         sys::lremovexattr(&loc.proc_path(), &cname)
     }
 
+    /// The fd of an open file (following a copy-up of a lower one).
     fn file_fd(&self, fh: u64) -> SysResult<Arc<OwnedFd>> {
-        match &*self.handle(fh)? {
-            Handle::File { fd, .. } => Ok(fd.clone()),
-            Handle::Dir { .. } => Err(Errno::EISDIR),
-        }
+        self.current_fd(&*self.handle(fh)?).ok_or(Errno::EISDIR)
     }
 
     /// `write` through an open handle.
