@@ -18,6 +18,7 @@ pub mod mount;
 pub mod options;
 pub mod prune;
 pub mod ps;
+pub mod refresh;
 pub mod rm;
 pub mod rmi;
 pub mod run;
@@ -54,6 +55,15 @@ MOUNT OPTIONS:
   readdirplus=on|off      attributes with listings (off): on saves a LOOKUP per
                           entry for ls -l, but reads every inode even for find
   static_nlink            report nlink 1 for every directory
+  uidmapping=C:H:N[:C:H:N...], gidmapping=C:H:N[:C:H:N...]
+                          ids C..C+N stored in the layers show as H..H+N, and
+                          a chown to (or a file created by) H+k stores C+k, as
+                          with fuse-overlayfs; other ids show, and are stored,
+                          as the overflow id (65534)
+  squash_to_root, squash_to_uid=N, squash_to_gid=N
+                          every file shows as owned by root, or by uid/gid N
+                          (squash_to_uid/gid win over squash_to_root); what is
+                          stored is unchanged
   trace=FILE              append copy-on-write events to FILE as JSON Lines
                           (also LAYERFS_TRACE=FILE; see `layerfs stats`)
   ro, rw, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, sync, async,
@@ -64,8 +74,10 @@ MOUNT OPTIONS:
                           accepted and ignored
 
   Not implemented yet (accepted by fuse-overlayfs; layerfs refuses them):
-    uidmapping=, gidmapping=, squash_to_root, squash_to_uid=, squash_to_gid=,
     xattr_permissions=, plugins=, noxattrs=
+
+  Layers are taken as immutable while mounted: after changing a lower layer
+  directly, run `layerfs refresh MOUNTPOINT` (see `layerfs refresh --help`).
 
 EXAMPLES:
   layerfs -o lowerdir=/layers/app:/layers/base /mnt/merged
@@ -133,6 +145,9 @@ pub enum Command {
     Layers(layers::LayersArgs),
     /// Show the counters of a running mount (or start tracing it).
     Stats(stats::StatsArgs),
+    /// Make a running mount show changes made directly to its lower layers.
+    #[command(after_help = refresh::REFRESH_HELP)]
+    Refresh(refresh::RefreshArgs),
     /// List changes of an upper layer against its lower layers (A/C/D).
     Diff(diff::DiffArgs),
     /// Create a new image from a stopped container's changes.
@@ -158,6 +173,7 @@ const SUBCOMMANDS: &[&str] = &[
     "explain",
     "layers",
     "stats",
+    "refresh",
     "diff",
     "commit",
     "save",
@@ -206,6 +222,7 @@ pub fn main(args: Vec<String>) -> i32 {
             Command::Explain(a) => explain::run(a, &store),
             Command::Layers(a) => layers::run(a, &store),
             Command::Stats(a) => stats::run(a),
+            Command::Refresh(a) => refresh::run(a),
             Command::Diff(a) => diff::run(a, &store),
             Command::Commit(a) => commit::run(a, &store),
             Command::Save(a) => save::run(a, &store),

@@ -339,6 +339,7 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
     if let Some(r) = o.readdirplus {
         fuse.readdirplus = r;
     }
+    fuse.idmap = o.idmap((overflow_id("uid"), overflow_id("gid")));
     fuse.passthrough = o.passthrough.unwrap_or(true) && root && sys::in_initial_userns();
     Ok(Prepared {
         overlay,
@@ -348,6 +349,14 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
         state,
         trace,
     })
+}
+
+/// The id shown for ids without a mapping, as the kernel shows it.
+fn overflow_id(kind: &str) -> u32 {
+    std::fs::read_to_string(format!("/proc/sys/kernel/overflow{kind}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(crate::overlay::idmap::DEFAULT_OVERFLOW_ID)
 }
 
 fn init_logging(debug: bool) {
@@ -436,7 +445,8 @@ fn serve(p: Prepared, ready: Option<std::fs::File>) -> Result<(), MountError> {
         }
     };
     // Best effort: the mount works without it, only explain/stats do not.
-    let published = state::publish(&p.state, Arc::downgrade(&overlay))
+    let kernel = fuse::KernelCache::new(session.notifier());
+    let published = state::publish(&p.state, Arc::downgrade(&overlay), Some(kernel))
         .map_err(|e| error!("cannot publish the mount's state: {e}"))
         .ok();
     let files = published.as_ref().map(|g| g.0.clone());

@@ -5,12 +5,14 @@
 //! `lowerdir=` the layers are separated by `:`; `\:` is a literal colon and
 //! `\\` a literal backslash. An option layerfs does not know is an error that
 //! names it; options fuse-overlayfs has that layerfs does not implement yet are
-//! an error that says so.
+//! an error that says so. `uidmapping=`/`gidmapping=` take `C:H:N` triples
+//! joined by `:` (containers/storage's spelling), checked to form a mapping.
 
 use std::fmt;
 use std::path::PathBuf;
 
 pub use crate::overlay::WhiteoutMode;
+use crate::overlay::idmap::{IdRange, IdRanges};
 
 /// A generic mount flag and its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,15 +50,17 @@ pub struct MountOptions {
     pub static_nlink: bool,
     /// Append copy-on-write events to this file (JSON Lines).
     pub trace: Option<PathBuf>,
+    /// `uidmapping=`/`gidmapping=`: stored id ranges and the ids they show as.
+    pub uidmapping: IdRanges,
+    pub gidmapping: IdRanges,
+    /// `squash_to_root`, `squash_to_uid=`, `squash_to_gid=`.
+    pub squash_to_root: bool,
+    pub squash_to_uid: Option<u32>,
+    pub squash_to_gid: Option<u32>,
 }
 
 /// Options fuse-overlayfs accepts that layerfs does not implement yet.
 pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("uidmapping=", "map container uids to host uids"),
-    ("gidmapping=", "map container gids to host gids"),
-    ("squash_to_root", "report every file as owned by root"),
-    ("squash_to_uid=", "report every file as owned by this uid"),
-    ("squash_to_gid=", "report every file as owned by this gid"),
     ("xattr_permissions=", "store permissions in xattrs"),
     ("plugins=", "layer plugins"),
     ("noxattrs=", "disable extended attributes"),
@@ -97,6 +101,12 @@ pub enum OptionError {
         expected: &'static str,
     },
     EmptyLowerdir,
+    /// A well-formed id mapping that is not a mapping (overlap, ...).
+    BadMapping {
+        option: String,
+        value: String,
+        reason: String,
+    },
 }
 
 impl fmt::Display for OptionError {
@@ -118,6 +128,11 @@ impl fmt::Display for OptionError {
                 "bad value '{value}' for option '{option}': expected {expected}"
             ),
             OptionError::EmptyLowerdir => write!(f, "lowerdir= has an empty layer path"),
+            OptionError::BadMapping {
+                option,
+                value,
+                reason,
+            } => write!(f, "bad value '{value}' for option '{option}': {reason}"),
         }
     }
 }
@@ -181,6 +196,53 @@ fn unescape(s: &str) -> String {
         }
     }
     out
+}
+
+/// Parses a `uidmapping=`/`gidmapping=` value: `C:H:N` triples joined by
+/// `:` (stored id, shown id, count), forming a mapping (see `idmap`).
+pub fn parse_mapping(option: &str, v: &str) -> Result<IdRanges, OptionError> {
+    let bad = |value: &str, expected: &'static str| OptionError::BadValue {
+        option: option.into(),
+        value: value.into(),
+        expected,
+    };
+    const TRIPLES: &str = "C:H:N[:C:H:N...] with decimal ids (stored id, shown id, count)";
+    let nums: Vec<&str> = v.split(':').collect();
+    if v.is_empty() || !nums.len().is_multiple_of(3) {
+        return Err(bad(v, TRIPLES));
+    }
+    let mut ranges = Vec::with_capacity(nums.len() / 3);
+    for t in nums.chunks(3) {
+        let mut n = [0u32; 3];
+        for (slot, s) in n.iter_mut().zip(t) {
+            *slot = s
+                .parse()
+                .ok()
+                .filter(|_| s.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| bad(s, TRIPLES))?;
+        }
+        ranges.push(IdRange {
+            disk: n[0],
+            mount: n[1],
+            len: n[2],
+        });
+    }
+    IdRanges::new(ranges).map_err(|e| OptionError::BadMapping {
+        option: option.into(),
+        value: v.into(),
+        reason: e.to_string(),
+    })
+}
+
+fn parse_id(option: &str, v: &str) -> Result<u32, OptionError> {
+    v.parse()
+        .ok()
+        .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| OptionError::BadValue {
+            option: option.into(),
+            value: v.into(),
+            expected: "a decimal id",
+        })
 }
 
 fn parse_bool(option: &str, v: &str) -> Result<bool, OptionError> {
@@ -341,6 +403,26 @@ impl MountOptions {
                 value: value.unwrap_or_default().into(),
                 expected: "a file name (trace=FILE)",
             }),
+            ("uidmapping", Some(v)) => {
+                self.uidmapping = parse_mapping(key, v)?;
+                Ok(())
+            }
+            ("gidmapping", Some(v)) => {
+                self.gidmapping = parse_mapping(key, v)?;
+                Ok(())
+            }
+            ("squash_to_root", None) => {
+                self.squash_to_root = true;
+                Ok(())
+            }
+            ("squash_to_uid", Some(v)) => {
+                self.squash_to_uid = Some(parse_id(key, v)?);
+                Ok(())
+            }
+            ("squash_to_gid", Some(v)) => {
+                self.squash_to_gid = Some(parse_id(key, v)?);
+                Ok(())
+            }
             // fuse-overlayfs tuning knobs whose job layerfs does by design.
             ("fast_ino", Some(_)) | ("writeback", Some(_)) => Ok(()),
             (k, _) if IGNORED.contains(&k) => Ok(()),
@@ -355,6 +437,20 @@ impl MountOptions {
                     Err(OptionError::Unknown(opt.to_string()))
                 }
             }
+        }
+    }
+
+    /// The ownership translation these options ask for; `overflow` is the
+    /// (uid, gid) shown for ids without a mapping.
+    pub fn idmap(&self, overflow: (u32, u32)) -> crate::overlay::IdMap {
+        let root = self.squash_to_root.then_some(0);
+        crate::overlay::IdMap {
+            uids: self.uidmapping.clone(),
+            gids: self.gidmapping.clone(),
+            squash_uid: self.squash_to_uid.or(root),
+            squash_gid: self.squash_to_gid.or(root),
+            overflow_uid: overflow.0,
+            overflow_gid: overflow.1,
         }
     }
 
@@ -475,12 +571,8 @@ mod tests {
             ("bogus=1", OptionError::Unknown("bogus=1".into())),
             ("frobnicate", OptionError::Unknown("frobnicate".into())),
             (
-                "uidmapping=0:1:1",
-                OptionError::NotImplemented("uidmapping".into()),
-            ),
-            (
-                "squash_to_root",
-                OptionError::NotImplemented("squash_to_root".into()),
+                "plugins=/x.so",
+                OptionError::NotImplemented("plugins".into()),
             ),
             ("lowerdir=/a::/b", OptionError::EmptyLowerdir),
             (
@@ -508,6 +600,96 @@ mod tests {
         o.apply("lowerdir=/a,fsync=0,relatime,noatime").unwrap();
         assert!(o.volatile);
         assert!(o.read_only());
+    }
+
+    #[test]
+    fn mapping_table() {
+        let r = |disk, mount, len| IdRange { disk, mount, len };
+        let ok: &[(&str, Vec<IdRange>)] = &[
+            ("0:1000:1", vec![r(0, 1000, 1)]),
+            (
+                "0:1000:1:1:100000:65536",
+                vec![r(0, 1000, 1), r(1, 100000, 65536)],
+            ),
+            ("0:0:4294967295", vec![r(0, 0, u32::MAX)]),
+        ];
+        for (v, want) in ok {
+            assert_eq!(
+                parse_mapping("uidmapping", v).unwrap().ranges(),
+                &want[..],
+                "{v}"
+            );
+        }
+        let bad_value = |value: &str| OptionError::BadValue {
+            option: "uidmapping".into(),
+            value: value.into(),
+            expected: "C:H:N[:C:H:N...] with decimal ids (stored id, shown id, count)",
+        };
+        let bad: &[(&str, OptionError)] = &[
+            ("", bad_value("")),
+            ("0:1000", bad_value("0:1000")),
+            ("0:1000:1:2", bad_value("0:1000:1:2")),
+            ("0:x:1", bad_value("x")),
+            ("0:-1:1", bad_value("-1")),
+            ("0:+1:1", bad_value("+1")),
+            ("0:1:4294967296", bad_value("4294967296")),
+            (
+                "0:1:0",
+                OptionError::BadMapping {
+                    option: "uidmapping".into(),
+                    value: "0:1:0".into(),
+                    reason: "range 0:1:0 has length 0".into(),
+                },
+            ),
+            (
+                "0:100:10:5:200:1",
+                OptionError::BadMapping {
+                    option: "uidmapping".into(),
+                    value: "0:100:10:5:200:1".into(),
+                    reason: "ranges 0:100:10 and 5:200:1 overlap".into(),
+                },
+            ),
+        ];
+        for (v, want) in bad {
+            assert_eq!(parse_mapping("uidmapping", v).unwrap_err(), *want, "{v}");
+        }
+        // Through -o, the error names the option and the bad value.
+        let e = MountOptions::default()
+            .apply("gidmapping=0:1:1:0:2:1")
+            .unwrap_err();
+        assert!(e.to_string().contains("'gidmapping'"), "{e}");
+        assert!(e.to_string().contains("'0:1:1:0:2:1'"), "{e}");
+
+        let mut o = MountOptions::default();
+        o.apply("lowerdir=/a,uidmapping=0:1000:1,gidmapping=0:2000:1,squash_to_gid=7")
+            .unwrap();
+        let m = o.idmap((65534, 65533));
+        assert_eq!((m.uid_out(0), m.gid_out(0), m.uid_out(5)), (1000, 7, 65534));
+        assert_eq!((m.uid_in(1000), m.gid_in(2000), m.gid_in(1)), (0, 0, 65533));
+        let mut o = MountOptions::default();
+        o.apply("squash_to_root,squash_to_uid=5").unwrap();
+        let m = o.idmap((65534, 65534));
+        assert_eq!((m.uid_out(9), m.gid_out(9)), (5, 0));
+        assert!(MountOptions::default().idmap((1, 1)).is_identity());
+        let bad_ids: &[(&str, &str)] = &[
+            ("squash_to_uid=", ""),
+            ("squash_to_uid=-1", "-1"),
+            ("squash_to_gid=root", "root"),
+        ];
+        for (opt, value) in bad_ids {
+            let (option, _) = opt.split_once('=').unwrap();
+            assert_eq!(
+                MountOptions::default().apply(opt).unwrap_err(),
+                OptionError::BadValue {
+                    option: option.into(),
+                    value: value.to_string(),
+                    expected: "a decimal id",
+                },
+                "{opt}"
+            );
+        }
+        assert!(MountOptions::default().apply("uidmapping").is_err());
+        assert!(MountOptions::default().apply("squash_to_root=1").is_err());
     }
 
     #[test]

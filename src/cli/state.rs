@@ -20,7 +20,9 @@
 //! Control protocol: connect, send one line, read one line back, the
 //! connection closes. `stats` answers the [`Snapshot`] as JSON; `trace FILE`
 //! (an absolute path) starts tracing a running mount into FILE and answers
-//! `{"trace":"FILE"}`; errors answer `{"error":"..."}`. Only the mount's
+//! `{"trace":"FILE"}`; `refresh` makes the daemon forget what it and the
+//! kernel cached about the layers (after a lower layer changed) and answers
+//! what it did, `{"refreshed":{...}}`; errors answer `{"error":"..."}`. Only the mount's
 //! owner (and root) can open the socket: the directory is 0700 and the
 //! socket 0600.
 
@@ -36,6 +38,7 @@ use std::time::Duration;
 use log::{debug, warn};
 use serde::{Deserialize, Serialize};
 
+use crate::fuse::KernelCache;
 use crate::overlay::Overlay;
 use crate::overlay::stats::Snapshot;
 use crate::overlay::trace::Tracer;
@@ -265,8 +268,14 @@ impl Published {
 }
 
 /// Publishes a live mount: binds the control socket, starts its thread, and
-/// writes the state file. The thread holds only a weak reference.
-pub fn publish(d: &Description, overlay: Weak<Overlay>) -> Result<PublishGuard, StateError> {
+/// writes the state file. The thread holds only a weak reference. `kernel`
+/// reaches the mount's kernel caches for `refresh` (without it, refresh only
+/// drops the daemon's caches).
+pub fn publish(
+    d: &Description,
+    overlay: Weak<Overlay>,
+    kernel: Option<KernelCache>,
+) -> Result<PublishGuard, StateError> {
     let dir = runtime_dir();
     ensure_runtime_dir(&dir)?;
     let k = key(&d.mountpoint);
@@ -289,7 +298,7 @@ pub fn publish(d: &Description, overlay: Weak<Overlay>) -> Result<PublishGuard, 
     let mountpoint = d.mountpoint.clone();
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || serve_control(listener, overlay, &mountpoint))
+        .spawn(move || serve_control(listener, overlay, kernel.as_ref(), &mountpoint))
         .map_err(|cause| StateError::Bind {
             path: published.socket.clone(),
             cause,
@@ -338,11 +347,16 @@ impl Drop for PublishGuard {
     }
 }
 
-fn serve_control(listener: UnixListener, overlay: Weak<Overlay>, mountpoint: &Path) {
+fn serve_control(
+    listener: UnixListener,
+    overlay: Weak<Overlay>,
+    kernel: Option<&KernelCache>,
+    mountpoint: &Path,
+) {
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
         let Some(ov) = overlay.upgrade() else { return };
-        if let Err(e) = answer(stream, &ov) {
+        if let Err(e) = answer(stream, &ov, kernel) {
             debug!("control socket of {}: {e}", mountpoint.display());
         }
     }
@@ -353,6 +367,7 @@ fn serve_control(listener: UnixListener, overlay: Weak<Overlay>, mountpoint: &Pa
 pub enum Request {
     Stats,
     Trace(PathBuf),
+    Refresh,
 }
 
 /// Parses one request line (pure).
@@ -360,13 +375,14 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     let line = line.trim_end_matches(['\n', '\r']);
     match line.split_once(' ') {
         None if line == "stats" => Ok(Request::Stats),
+        None if line == "refresh" => Ok(Request::Refresh),
         Some(("trace", p)) if p.starts_with('/') => Ok(Request::Trace(PathBuf::from(p))),
         Some(("trace", _)) => Err("trace needs an absolute path".into()),
         _ => Err(format!("unknown request '{line}'")),
     }
 }
 
-fn answer(stream: UnixStream, ov: &Arc<Overlay>) -> io::Result<()> {
+fn answer(stream: UnixStream, ov: &Arc<Overlay>, kernel: Option<&KernelCache>) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
@@ -377,10 +393,28 @@ fn answer(stream: UnixStream, ov: &Arc<Overlay>) -> io::Result<()> {
             Ok(()) => serde_json::json!({ "trace": p }).to_string(),
             Err(e) => serde_json::json!({ "error": e }).to_string(),
         },
+        Ok(Request::Refresh) => refresh_caches(ov, kernel).to_string(),
         Err(e) => serde_json::json!({ "error": e }).to_string(),
     };
     let mut w = &stream;
     writeln!(w, "{reply}")
+}
+
+/// Drops the daemon's caches, then the kernel's (this runs on the control
+/// thread, never on a FUSE request thread: see [`KernelCache`]).
+fn refresh_caches(ov: &Overlay, kernel: Option<&KernelCache>) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    let r = ov.refresh();
+    let k = kernel.map(|k| k.invalidate(&r)).unwrap_or_default();
+    serde_json::json!({ "refreshed": {
+        "directories": r.dirs,
+        "directories_changed": r.dirs_changed,
+        "inodes_invalidated": k.inodes,
+        "entries_invalidated": k.entries,
+        "not_cached": k.not_cached,
+        "kernel": kernel.is_some(),
+        "millis": started.elapsed().as_millis() as u64,
+    }})
 }
 
 /// Opens a trace file for appending (mode 0600 when created).
@@ -559,6 +593,8 @@ mod tests {
             parse_request("trace /t.jsonl\n"),
             Ok(Request::Trace(PathBuf::from("/t.jsonl")))
         );
+        assert_eq!(parse_request("refresh\n"), Ok(Request::Refresh));
+        assert!(parse_request("refresh now").is_err());
         assert!(parse_request("trace t.jsonl").is_err());
         assert!(parse_request("bogus").is_err());
         assert!(parse_request("").is_err());

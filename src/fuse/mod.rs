@@ -7,6 +7,14 @@
 //! Invariants: every request gets exactly one reply; errors carry the errno
 //! the overlay produced; a handler never panics.
 //!
+//! Ownership: [`FuseOptions::idmap`] is applied here and only here, in
+//! [`LayerFs::attr`] (every attribute the kernel gets) and
+//! [`LayerFs::caller`] and `setattr` (every id that becomes an owner on
+//! disk); the overlay works with the ids stored in the layers.
+//!
+//! Kernel caches: [`KernelCache`] tells the kernel to drop entries,
+//! attributes and data it caches for long (see `layerfs refresh`).
+//!
 //! Passthrough: all opens of one inode must share one backing file while any
 //! of them is open (the kernel answers EIO otherwise), so backing ids are kept
 //! per inode with an open count in `backing`. The map entry's guard is held
@@ -31,7 +39,8 @@ use fuser::{
 };
 use log::{debug, info, warn};
 
-use crate::overlay::{Caller, Ino, Overlay, SetAttr};
+use crate::overlay::fs::may_access;
+use crate::overlay::{Caller, IdMap, Ino, Overlay, Refreshed, SetAttr};
 use crate::sys::{Errno, FileKind, SetTime, Stat, Timespec};
 
 /// How the mount talks to the kernel.
@@ -47,6 +56,8 @@ pub struct FuseOptions {
     pub readdirplus: bool,
     /// SELinux is enabled on this host (files may carry labels).
     pub selinux: bool,
+    /// Ownership translation (`uidmapping=`, `squash_*`).
+    pub idmap: IdMap,
 }
 
 impl Default for FuseOptions {
@@ -57,6 +68,7 @@ impl Default for FuseOptions {
             threads: 4,
             readdirplus: false,
             selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
+            idmap: IdMap::default(),
         }
     }
 }
@@ -153,9 +165,29 @@ fn to_attr(st: &Stat) -> FileAttr {
 }
 
 impl LayerFs {
+    /// The attributes the kernel gets for `st`, with owners translated.
+    fn attr(&self, st: &Stat) -> FileAttr {
+        let mut a = to_attr(st);
+        let m = &self.opts.idmap;
+        if !m.is_identity() {
+            a.uid = m.uid_out(st.uid);
+            a.gid = m.gid_out(st.gid);
+        }
+        a
+    }
+
+    /// Who creates a new object, in the ids stored on disk.
+    fn caller(&self, req: &Request, umask: u32) -> Caller {
+        Caller {
+            uid: self.opts.idmap.uid_in(req.uid()),
+            gid: self.opts.idmap.gid_in(req.gid()),
+            umask,
+        }
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, r: Result<Stat, Errno>) {
         match r {
-            Ok(st) => reply.entry(&self.opts.timeout, &to_attr(&st), Generation(0)),
+            Ok(st) => reply.entry(&self.opts.timeout, &self.attr(&st), Generation(0)),
             Err(Errno::ENOENT) => {
                 // A negative entry: the kernel caches the absence.
                 let attr = FileAttr {
@@ -183,7 +215,7 @@ impl LayerFs {
 
     fn reply_new(&self, reply: ReplyEntry, r: Result<Stat, Errno>) {
         match r {
-            Ok(st) => reply.entry(&self.opts.timeout, &to_attr(&st), Generation(0)),
+            Ok(st) => reply.entry(&self.opts.timeout, &self.attr(&st), Generation(0)),
             Err(e) => reply.error(ferr(e)),
         }
     }
@@ -340,7 +372,7 @@ impl fuser::Filesystem for LayerFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.ov.getattr_fh(Ino(ino.0), fh.map(|f| f.0)) {
-            Ok(st) => reply.attr(&self.opts.timeout, &to_attr(&st)),
+            Ok(st) => reply.attr(&self.opts.timeout, &self.attr(&st)),
             Err(e) => reply.error(ferr(e)),
         }
     }
@@ -483,7 +515,7 @@ impl fuser::Filesystem for LayerFs {
                 i as u64 + 1,
                 OsStr::from_bytes(&item.name),
                 &self.opts.timeout,
-                &to_attr(&st),
+                &self.attr(&st),
                 Generation(0),
             );
             if full {
@@ -528,14 +560,14 @@ impl fuser::Filesystem for LayerFs {
     ) {
         let a = SetAttr {
             mode,
-            uid,
-            gid,
+            uid: uid.map(|u| self.opts.idmap.uid_in(u)),
+            gid: gid.map(|g| self.opts.idmap.gid_in(g)),
             size,
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
         match self.ov.setattr(Ino(ino.0), a, fh.map(|f| f.0)) {
-            Ok(st) => reply.attr(&self.opts.timeout, &to_attr(&st)),
+            Ok(st) => reply.attr(&self.opts.timeout, &self.attr(&st)),
             Err(e) => reply.error(ferr(e)),
         }
     }
@@ -550,7 +582,7 @@ impl fuser::Filesystem for LayerFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let c = caller(req, umask);
+        let c = self.caller(req, umask);
         let rdev = libc::makedev(
             (rdev >> 8) & 0xfff,
             (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
@@ -568,9 +600,12 @@ impl fuser::Filesystem for LayerFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .ov
-            .mkdir(Ino(parent.0), name.as_bytes(), mode, caller(req, umask));
+        let r = self.ov.mkdir(
+            Ino(parent.0),
+            name.as_bytes(),
+            mode,
+            self.caller(req, umask),
+        );
         self.reply_new(reply, r);
     }
 
@@ -594,7 +629,7 @@ impl fuser::Filesystem for LayerFs {
             Ino(parent.0),
             link_name.as_bytes(),
             target.as_os_str().as_bytes(),
-            caller(req, 0),
+            self.caller(req, 0),
         );
         self.reply_new(reply, r);
     }
@@ -643,7 +678,7 @@ impl fuser::Filesystem for LayerFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let c = caller(req, umask);
+        let c = self.caller(req, umask);
         let (st, fh, fd) = match self
             .ov
             .create(Ino(parent.0), name.as_bytes(), mode, flags, c)
@@ -651,7 +686,7 @@ impl fuser::Filesystem for LayerFs {
             Ok(x) => x,
             Err(e) => return reply.error(ferr(e)),
         };
-        let attr = to_attr(&st);
+        let attr = self.attr(&st);
         let ino = Ino(st.ino);
         match self.open_mode(ino, fh, &fd, true, |fd| reply.open_backing(fd)) {
             Some((id, fl)) => reply.created_passthrough(
@@ -813,13 +848,28 @@ impl fuser::Filesystem for LayerFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self
-            .ov
-            .access(Ino(ino.0), mask.bits(), req.uid(), req.gid())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(ferr(e)),
-        }
+        let (ino, mask) = (Ino(ino.0), mask.bits());
+        let m = &self.opts.idmap;
+        let r = if m.is_identity() {
+            self.ov.access(ino, mask, req.uid(), req.gid())
+        } else {
+            // Checked against the owners the caller sees.
+            self.ov.getattr(ino).and_then(|st| {
+                if mask & libc::W_OK != 0 && !self.ov.writable() {
+                    return Err(Errno::EROFS);
+                }
+                let shown = Stat {
+                    uid: m.uid_out(st.uid),
+                    gid: m.gid_out(st.gid),
+                    ..st
+                };
+                match may_access(&shown, mask, req.uid(), req.gid()) {
+                    true => Ok(()),
+                    false => Err(Errno::EACCES),
+                }
+            })
+        };
+        reply_empty(reply, r);
     }
 }
 
@@ -827,14 +877,6 @@ fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
     match r {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(ferr(e)),
-    }
-}
-
-fn caller(req: &Request, umask: u32) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        umask,
     }
 }
 
@@ -868,6 +910,55 @@ fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Errno>) {
         Ok(v) if v.len() > size as usize => reply.error(FErrno::ERANGE),
         Ok(v) => reply.data(&v),
         Err(e) => reply.error(ferr(e)),
+    }
+}
+
+/// What the kernel was told to forget by [`KernelCache::invalidate`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Invalidated {
+    pub inodes: usize,
+    pub entries: usize,
+    /// Notifications about something the kernel no longer caches (ENOENT),
+    /// or refused.
+    pub not_cached: usize,
+}
+
+/// Tells the kernel to drop what it caches of a mount: entries (positive and
+/// negative), attributes, file data and directory listings, all cached for
+/// long because the layers are not expected to change.
+///
+/// Never call it from a thread that serves FUSE requests: the kernel takes
+/// the directory's lock for an entry invalidation, which a request in that
+/// directory may hold while it waits for the reply.
+pub struct KernelCache(fuser::Notifier);
+
+impl KernelCache {
+    pub fn new(n: fuser::Notifier) -> KernelCache {
+        KernelCache(n)
+    }
+
+    /// Invalidates every name and inode of `r` (names first, so that a
+    /// directory's new listing is read once its entries are gone).
+    pub fn invalidate(&self, r: &Refreshed) -> Invalidated {
+        let mut out = Invalidated::default();
+        for (parent, name) in &r.names {
+            match self
+                .0
+                .inval_entry(INodeNo(parent.0), OsStr::from_bytes(name))
+            {
+                Ok(()) => out.entries += 1,
+                Err(_) => out.not_cached += 1,
+            }
+        }
+        for ino in &r.inodes {
+            // Offset 0, length 0: attributes and every cached page.
+            match self.0.inval_inode(INodeNo(ino.0), 0, 0) {
+                Ok(()) => out.inodes += 1,
+                Err(_) => out.not_cached += 1,
+            }
+        }
+        debug!("kernel caches invalidated: {out:?}");
+        out
     }
 }
 

@@ -1289,6 +1289,105 @@ fn read_redirect(path: &CStr) -> SysResult<Option<Place>> {
     Ok(None)
 }
 
+/// What [`Overlay::refresh`] changed, and what the kernel must forget.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    /// Directory nodes checked, and those whose layers changed.
+    pub dirs: usize,
+    pub dirs_changed: usize,
+    /// Every inode the kernel may hold.
+    pub inodes: Vec<Ino>,
+    /// Every (directory, name) the kernel may have cached: the names of
+    /// known nodes (positive entries) and the names in the new listings of
+    /// known directories (which may be cached as absent).
+    pub names: Vec<(Ino, Box<[u8]>)>,
+}
+
+impl Overlay {
+    /// Forgets what the overlay cached about the layers, after a lower
+    /// layer changed under the mount: merged listings, directory fds, and
+    /// the layers merged into each known directory (recomputed from its
+    /// parent, parents first). Nodes stay: the kernel still holds them; a
+    /// node whose name no longer resolves to a directory keeps its layers
+    /// and fails with ENOENT until the kernel forgets it. A node whose
+    /// layers changed meanwhile (a concurrent copy-up) is left alone.
+    pub fn refresh(&self) -> Refreshed {
+        {
+            let mut l = self.lock_listings();
+            l.lru.clear();
+            l.entries = 0;
+        }
+        self.lock_dirfds().clear();
+        type DirNode = (Ino, Ino, Box<[u8]>, Box<[LayerIdx]>);
+        let mut dirs: Vec<DirNode> = self
+            .nodes
+            .iter()
+            .filter(|n| *n.key() != Ino::ROOT && n.kind == FileKind::Dir)
+            .map(|n| (*n.key(), n.parent, n.name.clone(), n.layers.clone()))
+            .collect();
+        let parents: std::collections::HashMap<Ino, Ino> =
+            dirs.iter().map(|d| (d.0, d.1)).collect();
+        dirs.sort_by_cached_key(|d| {
+            let (mut depth, mut cur) = (0usize, d.0);
+            while let Some(p) = parents.get(&cur).filter(|_| depth < 4096) {
+                depth += 1;
+                cur = *p;
+            }
+            depth
+        });
+        let mut out = Refreshed {
+            dirs: dirs.len(),
+            ..Refreshed::default()
+        };
+        for (ino, parent, name, old) in dirs {
+            let Ok(pinfo) = self.node_info(parent) else {
+                continue;
+            };
+            let (layers, redirects) = match self.resolve_in(parent, &pinfo.layers, &name) {
+                Ok(Some(f)) if f.is_dir() => (f.layers, f.redirects),
+                _ => continue,
+            };
+            if layers != old
+                && let Some(mut n) = self.nodes.get_mut(&ino)
+                && n.layers == old
+            {
+                n.layers = layers;
+                n.redirects = redirects;
+                out.dirs_changed += 1;
+            }
+        }
+        let mut known_dirs = Vec::new();
+        for n in self.nodes.iter() {
+            out.inodes.push(*n.key());
+            if *n.key() != Ino::ROOT {
+                out.names.push((n.parent, n.name.clone()));
+                let aliases = n.aliases.iter().flat_map(|a| a.iter());
+                out.names.extend(aliases.map(|(p, nm)| (*p, nm.clone())));
+            }
+            if n.kind == FileKind::Dir {
+                known_dirs.push(*n.key());
+            }
+        }
+        for d in known_dirs {
+            if let Ok(l) = self.listing(d) {
+                // `.` and `..` come first and are never cached as entries.
+                out.names
+                    .extend(l.iter().skip(2).map(|i| (d, i.name.clone())));
+            }
+        }
+        out.names.sort_unstable();
+        out.names.dedup();
+        debug!(
+            "refresh: {} of {} directories changed layers; {} inodes, {} names to invalidate",
+            out.dirs_changed,
+            out.dirs,
+            out.inodes.len(),
+            out.names.len()
+        );
+        out
+    }
+}
+
 /// The classic Unix permission check of `mask` (R_OK/W_OK/X_OK bits) for a
 /// caller with `uid`/`gid` on a file with `st`'s mode and owner.
 pub fn may_access(st: &Stat, mask: i32, uid: u32, gid: u32) -> bool {

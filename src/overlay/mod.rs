@@ -6,6 +6,8 @@
 //! - [`types`]: inode numbers, layer indexes, the inode-number scheme;
 //! - [`fs`]: the merged filesystem that the FUSE adapter calls;
 //! - [`explain`]: replaying a lookup to explain a path (pure);
+//! - [`idmap`]: ownership translation (`uidmapping=`, `squash_*`) and the
+//!   ids of the daemon's user namespace (pure, but for reading its maps);
 //! - [`trace`]: copy-on-write events and their JSON Lines sink;
 //! - [`stats`]: counters of a running mount.
 //!
@@ -14,6 +16,7 @@
 
 pub mod explain;
 pub mod fs;
+pub mod idmap;
 pub mod layers;
 pub mod rules;
 pub mod stats;
@@ -21,7 +24,8 @@ pub mod trace;
 pub mod types;
 pub mod write;
 
-pub use fs::{DirItem, Handle, Overlay};
+pub use fs::{DirItem, Handle, Overlay, Refreshed};
+pub use idmap::IdMap;
 pub use layers::{Role, Stack, StackError};
 pub use types::{Ino, InoScheme, LayerIdx};
 pub use write::{Caller, SetAttr, UpperOptions, WhiteoutMode};

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::{debug, info, warn};
 
 use super::fs::{Found, Handle, Loc, Overlay, is_internal_xattr};
+use super::idmap::NsOwners;
 use super::layers::Stack;
 use super::rules::{self, Place, Redirect};
 use super::trace::CopyMethod;
@@ -107,6 +108,8 @@ pub struct Upper {
     volatile: bool,
     tmp_counter: AtomicU64,
     copy_locks: Box<[Mutex<()>]>,
+    /// The ids of the daemon's user namespace; `None` in the initial one.
+    ns: Option<NsOwners>,
 }
 
 /// Removes everything inside directory `fd` (not the directory itself).
@@ -201,6 +204,7 @@ impl Upper {
             volatile: opts.volatile,
             tmp_counter: AtomicU64::new(0),
             copy_locks: (0..COPY_LOCKS).map(|_| Mutex::new(())).collect(),
+            ns: NsOwners::current(),
         })
     }
 
@@ -401,6 +405,12 @@ impl Overlay {
         let dst_pfd = self.dir_fd(info.parent, UPPER)?;
         let name = sys::cstr(OsStr::from_bytes(&info.name))?;
         let st = sys::fstatat(src_pfd.as_fd(), &name)?;
+        if up.ns.as_ref().is_some_and(|ns| !ns.maps(st.uid, st.gid)) {
+            // An owner this user namespace cannot name (stat shows the
+            // overflow id): the copy could not get it. Kernel overlayfs
+            // refuses the same way.
+            return Err(Errno(libc::EOVERFLOW));
+        }
         let tmp = up.tmp_name();
         let work = up.work.as_fd();
         let mut data_fd = None;
@@ -1204,7 +1214,16 @@ impl Overlay {
             };
             return self.setattr(ino, a, fh);
         }
-        self.upper()?;
+        let up = self.upper()?;
+        if (a.uid.is_some() || a.gid.is_some())
+            && let Some(ns) = &up.ns
+            && !ns.uids.contains(self.getattr_fh(ino, fh)?.uid)
+        {
+            // Nobody here owns it, and capabilities do not reach an owner
+            // the namespace cannot name: kernel overlayfs answers EPERM
+            // (FUSE would let root "repair" it, and the copy-up then fail).
+            return Err(Errno::EPERM);
+        }
         let truncating_all = a.size == Some(0);
         self.copy_up(ino, !truncating_all)?;
         let mut loc = self.loc(ino)?;
