@@ -8,7 +8,7 @@
 //!   copy-up metadata, sparse copy-up, hardlinks, open-unlinked files, long names, EROFS,
 //!   O_APPEND, shared mmap, rename rules, permissions as uid 1000.
 //! - writable/semantics.rs (issue 8): lower-directory renames by redirect, open files across
-//!   copy-up.
+//!   copy-up, lower hard links across copy-up and remount (kernel with index=on).
 //! - `crash_safety_kill_9` (writable/crash.rs): SIGKILL of the daemon during heavy copy-up.
 //!
 //! Needs root and /dev/fuse (else "skipped", unless LAYERFS_REQUIRE_MOUNT_TESTS=1).

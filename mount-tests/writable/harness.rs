@@ -153,9 +153,19 @@ pub fn mount_kernel(
     upper_work: Option<(&Path, &Path)>,
     target: &Path,
 ) -> Result<Mnt, String> {
+    mount_kernel_opts(lowers, upper_work, target, &["redirect_dir=on"])
+}
+
+/// `mount -t overlay` with the given extra options (e.g. `index=on`).
+pub fn mount_kernel_opts(
+    lowers: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    target: &Path,
+    extra: &[&str],
+) -> Result<Mnt, String> {
     fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
     let target = fs::canonicalize(target).map_err(|e| e.to_string())?;
-    let opts = overlay_opts(lowers, upper_work, &["redirect_dir=on"]);
+    let opts = overlay_opts(lowers, upper_work, extra);
     let out = Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o", &opts])
         .arg(&target)

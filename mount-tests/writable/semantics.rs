@@ -253,3 +253,95 @@ fn new_mapping_after_copy_up_sees_new_data() {
     unsafe { libc::munmap(map, len) };
     assert_eq!(bytes, new);
 }
+
+/// Names, contents and link counts of `names`, and whether their inode number is still `ino`.
+fn link_view(r: &Path, names: &[&str], ino: u64) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| match (lstat(&r.join(n)), read(&r.join(n))) {
+            (Ok(st), Ok(data)) => format!(
+                "{n}: {data:?} nlink {} {}",
+                st.st_nlink,
+                if st.st_ino == ino {
+                    "same ino"
+                } else {
+                    "OTHER INO"
+                }
+            ),
+            (Err(e), _) | (_, Err(e)) => format!("{n}: {}", errname(e)),
+        })
+        .collect()
+}
+
+/// The names of a lower hard link stay one file when one of them is copied up: the others
+/// see the new data and inode number and the link counts are right, also after a remount
+/// (kernel overlayfs with `index=on` is the reference).
+#[test]
+fn hard_links_survive_copy_up_and_remount() {
+    if !init() {
+        return;
+    }
+    let stack = Stack::new(vec![
+        Layer::new().file("other", b"o", 0o644),
+        Layer::new()
+            .file("h1", b"data", 0o644)
+            .hardlink("h2", "h1")
+            .hardlink("h3", "h1")
+            .hardlink("d/h4", "h1"),
+    ]);
+    let mut fx = WFixture::unmounted(&stack);
+    let base = fx.base().to_path_buf();
+    let mount = |fx: &mut WFixture| {
+        fx.kmnt = Some(
+            mount_kernel_opts(
+                &fx.k_layers,
+                Some((&fx.k_upper, &fx.k_work)),
+                &base.join("mk"),
+                &["redirect_dir=on", "index=on"],
+            )
+            .expect("kernel mount"),
+        );
+        fx.fmnt = Some(
+            mount_impl(
+                fx.which,
+                &fx.f_layers,
+                Some((&fx.f_upper, &fx.f_work)),
+                &base.join("mf"),
+            )
+            .expect("mount under test"),
+        );
+    };
+    let names = ["h1", "h2", "h3", "d/h4", "h5"];
+    let mut fails = Vec::new();
+    mount(&mut fx);
+    let ino = |r: &Path| lstat(&r.join("h2")).expect("lstat h2").st_ino;
+    let (ki, fi) = (ino(fx.k()), ino(fx.f()));
+    let mut check = |fx: &WFixture, what: &str| {
+        let (a, b) = (link_view(fx.k(), &names, ki), link_view(fx.f(), &names, fi));
+        eprintln!("kernel, {what}: {a:?}");
+        if a != b {
+            fails.push(format!("{what}: kernel {a:?} vs under test {b:?}"));
+        }
+    };
+    for r in [fx.k().to_path_buf(), fx.f().to_path_buf()] {
+        // h1 and h2 are looked up before the copy-up, the others after.
+        let fd = open(&r.join("h1"), libc::O_WRONLY | libc::O_APPEND, 0).expect("open h1");
+        write(&fd, b"+1").expect("append h1");
+    }
+    check(&fx, "after copy-up of h1");
+    for r in [fx.k().to_path_buf(), fx.f().to_path_buf()] {
+        unlink(&r.join("h2")).expect("unlink h2");
+        link(&r.join("h3"), &r.join("h5")).expect("link h3 h5");
+    }
+    check(&fx, "after unlink h2, link h5");
+    assert_no_failures("before remount", &fx.unmount());
+    mount(&mut fx);
+    check(&fx, "after remount");
+    for r in [fx.k().to_path_buf(), fx.f().to_path_buf()] {
+        let fd = open(&r.join("d/h4"), libc::O_WRONLY | libc::O_APPEND, 0).expect("open d/h4");
+        write(&fd, b"+4").expect("append d/h4");
+    }
+    check(&fx, "after a write through d/h4");
+    fails.extend(fx.unmount());
+    assert_no_failures("hard_links_survive_copy_up_and_remount", &fails);
+}

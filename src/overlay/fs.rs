@@ -222,6 +222,8 @@ pub struct Overlay {
 pub(super) struct Found {
     pub(super) ino: Ino,
     pub(super) stat: Stat,
+    /// The serving layer's own inode number (`stat.ino` is the merged one).
+    pub(super) real_ino: u64,
     pub(super) layers: Box<[LayerIdx]>,
     pub(super) redirects: Option<Box<[Redirect]>>,
 }
@@ -661,8 +663,10 @@ impl Overlay {
             return Ok(None);
         };
         let (mut st, top_fd, top_name) = top.ok_or(Errno::EIO)?;
-        if resolved.top == LayerIdx(0) {
+        let real_ino = st.ino;
+        if resolved.top == LayerIdx(0) && self.upper.is_some() {
             self.load_origin(&top_fd, &top_name, st.ino);
+            self.adjust_nlink(&mut st, &sys::proc_fd_path(top_fd.as_fd(), Some(&top_name)));
         }
         let ino = self.map_ino(resolved.top, st.ino);
         st.ino = ino.0;
@@ -681,6 +685,7 @@ impl Overlay {
         Ok(Some(Found {
             ino,
             stat: st,
+            real_ino,
             layers,
             redirects,
         }))
@@ -898,6 +903,7 @@ impl Overlay {
             && let Some(fd) = self.current_fd(&h)
         {
             let mut st = sys::fstat(fd.as_fd())?;
+            self.adjust_nlink_fd(&mut st, &fd);
             st.ino = ino.0;
             return Ok(st);
         }
@@ -911,9 +917,17 @@ impl Overlay {
         let layers = info.layers;
         let mut st = match loc.stat() {
             Err(Errno::ENOENT) => match self.open_upper_fd(ino) {
-                Some(fd) => sys::fstat(fd.as_fd())?,
+                Some(fd) => {
+                    let mut st = sys::fstat(fd.as_fd())?;
+                    self.adjust_nlink_fd(&mut st, &fd);
+                    st
+                }
                 None => return self.orphans.get(&ino).map(|s| *s).ok_or(Errno::ENOENT),
             },
+            Ok(mut st) if layers.first() == Some(&LayerIdx(0)) && self.upper.is_some() => {
+                self.adjust_nlink(&mut st, &loc.proc_path());
+                st
+            }
             r => r?,
         };
         if ino != Ino::ROOT {

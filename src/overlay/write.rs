@@ -37,6 +37,58 @@ use crate::sys::{self, Errno, FileKind, SetTime, Stat, SysResult};
 const UPPER: LayerIdx = LayerIdx(0);
 const COPY_LOCKS: usize = 64;
 
+/// The hard-link index, in the work directory. When a lower file with
+/// several names is copied up, its copy is also linked here under a name
+/// made of the lower file's device and inode numbers, so that its other
+/// names join the copy when they are looked up, in this mount or a later
+/// one (kernel overlayfs's `index=on` idea; its own `index/` directory,
+/// keyed by file handles, is left alone). The copy's `layerfs.nlink` xattr
+/// holds how its reported link count differs from its upper one: the index
+/// entry is not a name, names still only below are.
+const INDEX_DIR: &CStr = c"layerfs-index";
+
+/// The index name of lower file `dev`/`ino`.
+fn index_key(dev: u64, ino: u64) -> CString {
+    CString::new(format!("{dev:x}-{ino:x}")).unwrap_or_default()
+}
+
+/// Opens (creating it if needed) the hard-link index and removes entries
+/// no name refers to any more: only the index holds them and no lower name
+/// is left to join them.
+fn open_index(workdir: BorrowedFd<'_>, nlink_xattr: &CStr) -> SysResult<Arc<OwnedFd>> {
+    match sys::mkdirat(workdir, INDEX_DIR, 0o700) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    let fd = sys::openat(
+        workdir,
+        INDEX_DIR,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    for e in sys::read_dir(fd.as_fd())? {
+        if e.name == b"." || e.name == b".." {
+            continue;
+        }
+        let name = sys::cstr(OsStr::from_bytes(&e.name))?;
+        let Ok(st) = sys::fstatat(fd.as_fd(), &name) else {
+            continue;
+        };
+        let delta = read_delta(&sys::proc_fd_path(fd.as_fd(), Some(&name)), nlink_xattr);
+        if st.nlink <= 1 && delta.unwrap_or(-1) < 0 {
+            debug!("index: dropping {}", name.to_string_lossy());
+            let _ = sys::unlinkat(fd.as_fd(), &name, 0);
+        }
+    }
+    Ok(Arc::new(fd))
+}
+
+/// The link-count difference recorded on an indexed copy, if any.
+fn read_delta(path: &CStr, xattr: &CStr) -> Option<i64> {
+    let v = sys::lgetxattr(path, xattr).ok()?;
+    std::str::from_utf8(&v).ok()?.trim().parse().ok()
+}
+
 /// How deletions are recorded in the upper layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WhiteoutMode {
@@ -99,6 +151,10 @@ pub struct Upper {
     work: Arc<OwnedFd>,
     /// Where a copy-up records the merged inode number it was made for.
     origin_xattr: &'static CStr,
+    /// The hard-link index (see [`INDEX_DIR`]), if the work directory has
+    /// one, and the xattr of an indexed copy's link-count difference.
+    index: Option<Arc<OwnedFd>>,
+    nlink_xattr: &'static CStr,
     /// Where a renamed directory records its place below (kernel
     /// overlayfs's `overlay.redirect`); `None` when the upper filesystem
     /// takes no overlay xattrs, and such renames are EXDEV.
@@ -187,6 +243,19 @@ impl Upper {
             }
             _ => c"user.layerfs.origin",
         };
+        let nlink_xattr = match origin_xattr.to_bytes().starts_with(b"trusted.") {
+            true => c"trusted.layerfs.nlink",
+            false => c"user.layerfs.nlink",
+        };
+        let index = match open_index(workdir.as_fd(), nlink_xattr) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!(
+                    "no hard-link index in the work directory ({e}): names of a lower hard link join its copy only while mounted"
+                );
+                None
+            }
+        };
         let redirect_xattr = match opaque {
             OpaqueMode::Xattr(x) if x.to_bytes().starts_with(b"trusted.") => {
                 Some(c"trusted.overlay.redirect")
@@ -198,6 +267,8 @@ impl Upper {
         Ok(Upper {
             work,
             origin_xattr,
+            index,
+            nlink_xattr,
             redirect_xattr,
             chardev_whiteouts,
             opaque,
@@ -493,6 +564,9 @@ impl Overlay {
             Box::new([UPPER])
         };
         self.set_layers(ino, layers);
+        if st.kind() == FileKind::Regular && st.nlink > 1 {
+            self.index_copy(&dst_pfd, &name, &st);
+        }
         self.note_copy_up(ino, &st, method, started);
         debug!("copied up {} ({ino})", String::from_utf8_lossy(&info.name));
         drop(_guard);
@@ -521,24 +595,41 @@ impl Overlay {
     }
 
     /// A lower name whose inode was copied up through another name of the
-    /// same hard link is linked to that copy in the upper layer, so every
-    /// name sees the same data (kernel overlayfs's index=on behaviour, for
-    /// the names seen during this mount). Failure leaves the name below.
+    /// same hard link, in this mount or (through the index) an earlier one,
+    /// is linked to that copy in the upper layer, so every name sees the
+    /// same data (kernel overlayfs's index=on behaviour). Failure leaves the
+    /// name below.
     pub(super) fn link_up_alias(&self, parent: Ino, name: &[u8], found: &mut Found) {
         let copied = self
             .nodes
             .get(&found.ino)
             .is_some_and(|n| n.layers.first() == Some(&UPPER));
-        if !copied {
+        let indexed = match copied {
+            true => None,
+            false => self.index_entry(found),
+        };
+        if !copied && indexed.is_none() {
             return;
         }
         let r = (|| -> SysResult<Stat> {
-            let src = self.loc(found.ino)?;
             let pfd = self.upper_dir(parent)?;
             let cname = sys::cstr(OsStr::from_bytes(name))?;
-            sys::linkat(src.fd.as_fd(), &src.name, pfd.as_fd(), &cname)?;
+            match (&indexed, &self.upper()?.index) {
+                (Some(key), Some(index)) => {
+                    sys::linkat(index.as_fd(), key, pfd.as_fd(), &cname)?;
+                }
+                _ => {
+                    let src = self.loc(found.ino)?;
+                    sys::linkat(src.fd.as_fd(), &src.name, pfd.as_fd(), &cname)?;
+                }
+            }
+            // A name that was only below now counts in the upper layer.
+            self.add_nlink_delta(&pfd, &cname, -1);
             self.invalidate_listing(parent);
-            sys::fstatat(pfd.as_fd(), &cname)
+            let mut st = sys::fstatat(pfd.as_fd(), &cname)?;
+            self.origins.insert(st.ino, found.ino);
+            self.adjust_nlink(&mut st, &sys::proc_fd_path(pfd.as_fd(), Some(&cname)));
+            Ok(st)
         })();
         match r {
             Ok(mut st) => {
@@ -550,6 +641,73 @@ impl Overlay {
                 "cannot link {} to its copied-up inode: {e}",
                 String::from_utf8_lossy(name)
             ),
+        }
+    }
+
+    /// The index entry of lower file `found`, if one of its names was
+    /// copied up.
+    fn index_entry(&self, found: &Found) -> Option<CString> {
+        let index = self.upper.as_ref()?.index.as_ref()?;
+        if found.stat.kind() != FileKind::Regular || found.stat.nlink <= 1 {
+            return None;
+        }
+        let key = index_key(found.stat.dev, found.real_ino);
+        sys::fstatat(index.as_fd(), &key).ok().map(|_| key)
+    }
+
+    /// Records the copy `name` in `pfd` of lower file `lower`, which has
+    /// several names, in the index.
+    fn index_copy(&self, pfd: &OwnedFd, name: &CStr, lower: &Stat) {
+        let Some(up) = &self.upper else { return };
+        let Some(index) = &up.index else { return };
+        let key = index_key(lower.dev, lower.ino);
+        if let Err(e) = sys::linkat(pfd.as_fd(), name, index.as_fd(), &key) {
+            debug!("index: cannot link {}: {e}", key.to_string_lossy());
+            return;
+        }
+        // Reported: every lower name; upper: this name and the index entry.
+        let delta = lower.nlink as i64 - 2;
+        let path = sys::proc_fd_path(pfd.as_fd(), Some(name));
+        if let Err(e) = sys::lsetxattr(&path, up.nlink_xattr, delta.to_string().as_bytes(), 0) {
+            debug!(
+                "index: cannot record the link count of {}: {e}",
+                key.to_string_lossy()
+            );
+        }
+    }
+
+    /// Adds `by` to the link-count difference of indexed copy `name` in
+    /// `pfd` (nothing for a copy that is not indexed).
+    fn add_nlink_delta(&self, pfd: &OwnedFd, name: &CStr, by: i64) {
+        let Some(up) = &self.upper else { return };
+        let path = sys::proc_fd_path(pfd.as_fd(), Some(name));
+        if let Some(d) = read_delta(&path, up.nlink_xattr) {
+            let _ = sys::lsetxattr(&path, up.nlink_xattr, (d + by).to_string().as_bytes(), 0);
+        }
+    }
+
+    /// Corrects the link count of upper file `st` at `path` if it is an
+    /// indexed copy (see [`INDEX_DIR`]).
+    pub(super) fn adjust_nlink(&self, st: &mut Stat, path: &CStr) {
+        if let Some(up) = &self.upper
+            && st.kind() == FileKind::Regular
+            && st.nlink > 1
+            && let Some(d) = read_delta(path, up.nlink_xattr)
+        {
+            st.nlink = (st.nlink as i64 + d).max(1) as u64;
+        }
+    }
+
+    /// Like [`Overlay::adjust_nlink`], for an open upper file.
+    pub(super) fn adjust_nlink_fd(&self, st: &mut Stat, fd: &OwnedFd) {
+        if let Some(up) = &self.upper
+            && st.kind() == FileKind::Regular
+            && st.nlink > 1
+            && let Some(d) = sys::fgetxattr(fd.as_fd(), up.nlink_xattr)
+                .ok()
+                .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<i64>().ok())
+        {
+            st.nlink = (st.nlink as i64 + d).max(1) as u64;
         }
     }
 
@@ -816,6 +974,7 @@ impl Overlay {
         self.invalidate_listing(newparent);
         let mut st = sys::fstatat(pfd.as_fd(), &cname)?;
         st.ino = ino.0;
+        self.adjust_nlink(&mut st, &sys::proc_fd_path(pfd.as_fd(), Some(&cname)));
         self.remember(ino, newparent, newname, st.kind(), Box::new([UPPER]), None);
         Ok(st)
     }

@@ -426,6 +426,13 @@ pub fn lgetxattr(path: &CStr, name: &CStr) -> SysResult<Vec<u8>> {
     xattr_buf(|p, n| unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), p, n) })
 }
 
+/// `fgetxattr(fd, name)`: an extended attribute of an open file.
+pub fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<u8>> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: a valid fd and C string; the buffer pointer/length come from xattr_buf.
+    xattr_buf(|p, n| unsafe { libc::fgetxattr(raw, name.as_ptr(), p, n) })
+}
+
 /// `llistxattr(path)`: NUL-separated attribute names.
 pub fn llistxattr(path: &CStr) -> SysResult<Vec<u8>> {
     // SAFETY: valid C string; the buffer pointer/length come from xattr_buf.
