@@ -586,7 +586,11 @@ pub fn compare_uppers(a: &Path, b: &Path, lowers: &[PathBuf]) -> Vec<String> {
                 ));
             }
             Kind::File => {
-                if x.content != y.content {
+                // A metadata-only copy on the side under test has its data below (the
+                // remount and rotation checks compare what it shows).
+                let metacopy =
+                    common::lgetxattr(&b.join(k), OsStr::new("trusted.overlay.metacopy")).is_ok();
+                if x.content != y.content && !metacopy {
                     out.push(format!(
                         "{p}: content differs ({} vs {} bytes)",
                         x.size, y.size

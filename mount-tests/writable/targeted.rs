@@ -467,7 +467,11 @@ fn copy_up_preserves_metadata() {
                 return Err(format!("upper/f: xattr {n} missing or wrong"));
             }
         }
-        if fs::read(up.join("f")).ok().as_deref() != Some(b"file content\n".as_slice()) {
+        // layerfs copies metadata only (metacopy): the data stays below.
+        let metacopy = lgetxattr(&up.join("f"), "trusted.overlay.metacopy").is_ok()
+            && f.st_size == b"file content\n".len() as i64;
+        if !metacopy && fs::read(up.join("f")).ok().as_deref() != Some(b"file content\n".as_slice())
+        {
             return Err("upper/f: content".into());
         }
         let s = st("s")?;
@@ -1329,4 +1333,66 @@ fn inode_numbers_survive_copy_up_and_remount() {
             );
         }
     }
+}
+
+/// chmod, chown, utimens and xattr changes of a lower file copy its metadata only (kernel
+/// overlayfs's metacopy, marked with `trusted.overlay.metacopy`): the data stays below and is
+/// read from there, also after a remount; the first write copies the data in.
+#[test]
+fn metadata_changes_copy_no_data() {
+    if !init() || !layerfs_specific() {
+        return;
+    }
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let stack = Stack::new(vec![
+        Layer::new().file("top", b"t", 0o644),
+        Layer::new()
+            .file("f", &big, 0o644)
+            .file("g", b"small", 0o600),
+    ]);
+    let mut fx = WFixture::new(&stack);
+    let m = fx.f().to_path_buf();
+    chmod(&m.join("f"), 0o600).expect("chmod f");
+    lchown(&m.join("g"), 1000, 1000).expect("chown g");
+    let metacopy = |p: &Path| lgetxattr(p, "trusted.overlay.metacopy").is_ok();
+    let allocated = |p: &Path| lstat(p).expect("lstat").st_blocks as u64 * 512;
+    assert!(
+        metacopy(&fx.f_upper.join("f")),
+        "upper/f is not a metadata-only copy"
+    );
+    assert!(
+        allocated(&fx.f_upper.join("f")) < 64 * 1024,
+        "upper/f holds data"
+    );
+    assert_eq!(read_path(&m.join("f")).expect("read f"), big);
+    assert_eq!(
+        lstat(&m.join("f")).expect("lstat f").st_mode & 0o7777,
+        0o600
+    );
+    assert!(
+        allocated(&m.join("f")) >= big.len() as u64 / 2,
+        "st_blocks of f"
+    );
+    assert_no_failures("before remount", &fx.unmount());
+    fx.mount().expect("remount");
+    let m = fx.f().to_path_buf();
+    assert_eq!(read_path(&m.join("f")).expect("read f after remount"), big);
+    assert_eq!(read_path(&m.join("g")).expect("read g"), b"small".to_vec());
+    let fd = open(&m.join("f"), libc::O_WRONLY, 0).expect("open f for writing");
+    pwrite(&fd, b"HEAD", 0).expect("pwrite");
+    drop(fd);
+    let mut want = big.clone();
+    want[..4].copy_from_slice(b"HEAD");
+    assert_eq!(read_path(&m.join("f")).expect("read f after write"), want);
+    assert!(
+        !metacopy(&fx.f_upper.join("f")),
+        "upper/f still marked after a write"
+    );
+    assert_eq!(fs::read(fx.f_upper.join("f")).expect("read upper/f"), want);
+    assert_eq!(
+        lstat(&m.join("f")).expect("lstat f").st_mode & 0o7777,
+        0o600
+    );
+    truncate(&m.join("g"), 2).expect("truncate g");
+    assert_eq!(read_path(&m.join("g")).expect("read g"), b"sm".to_vec());
 }

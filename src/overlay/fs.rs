@@ -9,7 +9,9 @@
 //! - a node's `refs` counts the kernel's lookups plus one per child node, so a
 //!   parent outlives its children and every node can rebuild its fds;
 //! - a directory node's `layers` are the layers merged into it, top first; a
-//!   non-directory node has exactly one, the layer serving it;
+//!   non-directory node has one, the layer serving it, or two for a
+//!   metadata-only copy (kernel overlayfs's metacopy): the layer of its
+//!   metadata, then the layer of its data;
 //! - every access to a layer goes through an fd relative to that layer's root,
 //!   one path component at a time with `O_NOFOLLOW`: nothing resolves a
 //!   symlink inside a layer;
@@ -100,6 +102,18 @@ pub(super) struct NodeInfo {
 impl NodeInfo {
     pub(super) fn top(&self) -> LayerIdx {
         self.layers.first().copied().unwrap_or(LayerIdx(0))
+    }
+    /// A metadata-only copy: a file whose metadata is in its top layer and
+    /// its data in the last one.
+    pub(super) fn is_metacopy(&self) -> bool {
+        self.kind != FileKind::Dir && self.layers.len() > 1
+    }
+    /// The layer holding a file's data.
+    pub(super) fn data_layer(&self) -> LayerIdx {
+        match self.kind {
+            FileKind::Dir => self.top(),
+            _ => self.layers.last().copied().unwrap_or(LayerIdx(0)),
+        }
     }
 }
 
@@ -673,9 +687,15 @@ impl Overlay {
         let layers: Box<[LayerIdx]> = if resolved.is_dir {
             resolved.dirs.into_boxed_slice()
         } else {
-            Box::new([resolved.top])
+            match self.metacopy_data(parent, layers, resolved.top, &top_fd, &top_name, &st)? {
+                Some((data, blocks)) => {
+                    st.blocks = blocks;
+                    Box::new([resolved.top, data])
+                }
+                None => Box::new([resolved.top]),
+            }
         };
-        if layers.len() > 1 {
+        if resolved.is_dir && layers.len() > 1 {
             st.nlink = 1;
         }
         let redirects = match resolved.redirects.is_empty() {
@@ -689,6 +709,58 @@ impl Overlay {
             layers,
             redirects,
         }))
+    }
+
+    /// For a metadata-only copy found in layer `top` (`st` is its stat): the
+    /// layer below holding its data, and that data's block count. A copy
+    /// whose data is nowhere below is EIO, as on the kernel.
+    fn metacopy_data(
+        &self,
+        parent: Ino,
+        layers: &[LayerIdx],
+        top: LayerIdx,
+        fd: &OwnedFd,
+        name: &CStr,
+        st: &Stat,
+    ) -> SysResult<Option<(LayerIdx, u64)>> {
+        // Only a file with a size and layers below it can be one. (Its
+        // block count says nothing: xattrs may take a block of their own.)
+        if st.kind() != FileKind::Regular || st.size == 0 {
+            return Ok(None);
+        }
+        let Some(pos) = layers.iter().position(|l| *l == top) else {
+            return Ok(None);
+        };
+        if pos + 1 >= layers.len() {
+            return Ok(None);
+        }
+        let path = sys::proc_fd_path(fd.as_fd(), Some(name));
+        let names = match sys::llistxattr(&path) {
+            Ok(n) => n,
+            Err(e) if e.0 == libc::EOPNOTSUPP => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let marked = names
+            .split(|&b| b == 0)
+            .any(|n| rules::METACOPY_XATTRS.iter().any(|x| x.to_bytes() == n));
+        if !marked {
+            return Ok(None);
+        }
+        let below = &layers[pos + 1..];
+        let found = self.resolve_in(parent, below, name.to_bytes())?;
+        match found {
+            Some(f) if f.stat.kind() == FileKind::Regular => {
+                let data = f.layers.last().copied().unwrap_or(top);
+                Ok(Some((data, f.stat.blocks)))
+            }
+            _ => {
+                log::warn!(
+                    "metadata-only copy {} has no data below",
+                    name.to_string_lossy()
+                );
+                Err(Errno::EIO)
+            }
+        }
     }
 
     /// Records one more kernel reference to `ino`, creating its node. A new
@@ -898,7 +970,12 @@ impl Overlay {
     /// The attributes of `ino`, from an open handle when there is one (which
     /// also works for an open file whose name is gone).
     pub fn getattr_fh(&self, ino: Ino, fh: Option<u64>) -> SysResult<Stat> {
-        if let Some(fh) = fh
+        // A metadata-only copy's fd is its data below, not its metadata.
+        let metacopy = self
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.kind != FileKind::Dir && n.layers.len() > 1);
+        if let Some(fh) = fh.filter(|_| !metacopy)
             && let Ok(h) = self.handle(fh)
             && let Some(fd) = self.current_fd(&h)
         {
@@ -914,7 +991,7 @@ impl Overlay {
     pub fn getattr(&self, ino: Ino) -> SysResult<Stat> {
         let info = self.node_info(ino)?;
         let loc = self.loc_of(ino, &info)?;
-        let layers = info.layers;
+        let layers = info.layers.clone();
         let mut st = match loc.stat() {
             Err(Errno::ENOENT) => match self.open_upper_fd(ino) {
                 Some(fd) => {
@@ -935,8 +1012,16 @@ impl Overlay {
         } else {
             st.ino = self.map_ino(layers[0], st.ino).0;
         }
-        if layers.len() > 1 {
+        if info.kind == FileKind::Dir && layers.len() > 1 {
             st.nlink = 1;
+        }
+        if info.kind != FileKind::Dir
+            && layers.len() > 1
+            && let Ok(pfd) = self.dir_fd(info.parent, info.data_layer())
+            && let Ok(data) = sys::fstatat(pfd.as_fd(), &loc.name)
+        {
+            // A metadata-only copy: its blocks are the data's, below.
+            st.blocks = data.blocks;
         }
         Ok(st)
     }
@@ -968,10 +1053,22 @@ impl Overlay {
             }
             // Lower layers are never written: copy up first. With O_TRUNC
             // the data would be thrown away, so only metadata is copied.
-            self.copy_up(ino, flags & libc::O_TRUNC == 0)?;
+            let data = match flags & libc::O_TRUNC {
+                0 => super::write::CopyData::Full,
+                _ => super::write::CopyData::Truncated,
+            };
+            self.copy_up(ino, data)?;
         }
-        let in_upper = self.writable() && self.node_info(ino)?.top() == LayerIdx(0);
-        let loc = self.loc(ino)?;
+        let info = self.node_info(ino)?;
+        let in_upper = self.writable() && info.top() == LayerIdx(0) && !info.is_metacopy();
+        // A metadata-only copy is read from the layer holding its data.
+        let loc = match info.is_metacopy() {
+            true => Loc {
+                fd: self.dir_fd(info.parent, info.data_layer())?,
+                name: sys::cstr(OsStr::from_bytes(&info.name))?,
+            },
+            false => self.loc_of(ino, &info)?,
+        };
         if loc.name.is_empty() {
             return Err(Errno::EISDIR);
         }
@@ -1043,8 +1140,10 @@ impl Overlay {
         if self
             .nodes
             .get(ino)
-            .is_none_or(|n| n.layers.first() != Some(&LayerIdx(0)))
+            .is_none_or(|n| *n.layers != [LayerIdx(0)])
         {
+            // Only once the data itself is in the upper layer (a
+            // metadata-only copy still reads it below).
             return Some(fd.clone());
         }
         let reopened = self

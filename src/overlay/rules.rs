@@ -113,6 +113,11 @@ impl Place {
 pub const REDIRECT_XATTRS: [&std::ffi::CStr; 2] =
     [c"trusted.overlay.redirect", c"user.overlay.redirect"];
 
+/// Extended attributes that mark a metadata-only copy (kernel overlayfs's
+/// `metacopy`): its data is read from the next layer below holding the name.
+pub const METACOPY_XATTRS: [&std::ffi::CStr; 2] =
+    [c"trusted.overlay.metacopy", c"user.overlay.metacopy"];
+
 /// The longest redirect layerfs writes (kernel overlayfs's default
 /// `redirect_max`); a longer one makes the rename EXDEV, as on the kernel.
 pub const REDIRECT_MAX: usize = 256;

@@ -89,6 +89,20 @@ fn read_delta(path: &CStr, xattr: &CStr) -> Option<i64> {
     std::str::from_utf8(&v).ok()?.trim().parse().ok()
 }
 
+/// How much of a file a copy-up takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyData {
+    /// Contents and metadata.
+    Full,
+    /// Metadata only: the caller truncates it to zero next.
+    Truncated,
+    /// Metadata only, the contents staying below until the first write
+    /// (kernel overlayfs's metacopy): for chmod, chown, utimens and xattr
+    /// changes. Falls back to [`CopyData::Full`] where a metacopy cannot be
+    /// recorded or would not help (empty files, hard links).
+    Meta,
+}
+
 /// How deletions are recorded in the upper layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WhiteoutMode {
@@ -159,6 +173,10 @@ pub struct Upper {
     /// overlayfs's `overlay.redirect`); `None` when the upper filesystem
     /// takes no overlay xattrs, and such renames are EXDEV.
     redirect_xattr: Option<&'static CStr>,
+    /// What marks a metadata-only copy (kernel overlayfs's
+    /// `overlay.metacopy`): its data is still read from the layer below.
+    /// `None` when the upper layer takes no overlay xattrs.
+    metacopy_xattr: Option<&'static CStr>,
     chardev_whiteouts: bool,
     opaque: OpaqueMode,
     volatile: bool,
@@ -263,6 +281,13 @@ impl Upper {
             OpaqueMode::Xattr(_) => Some(c"user.overlay.redirect"),
             OpaqueMode::MarkerFile => None,
         };
+        let metacopy_xattr = match opaque {
+            OpaqueMode::Xattr(x) if x.to_bytes().starts_with(b"trusted.") => {
+                Some(c"trusted.overlay.metacopy")
+            }
+            OpaqueMode::Xattr(_) => Some(c"user.overlay.metacopy"),
+            OpaqueMode::MarkerFile => None,
+        };
         info!("upper layer: chardev whiteouts {chardev_whiteouts}, opaque {opaque:?}");
         Ok(Upper {
             work,
@@ -270,6 +295,7 @@ impl Upper {
             index,
             nlink_xattr,
             redirect_xattr,
+            metacopy_xattr,
             chardev_whiteouts,
             opaque,
             volatile: opts.volatile,
@@ -450,24 +476,34 @@ impl Overlay {
     /// The upper-layer fd of directory `ino`, copying it (and its parents) up
     /// first if needed.
     fn upper_dir(&self, ino: Ino) -> SysResult<Arc<OwnedFd>> {
-        self.copy_up(ino, true)?;
+        self.copy_up(ino, CopyData::Full)?;
         self.dir_fd(ino, UPPER)
     }
 
     /// Copies `ino` into the upper layer unless it is there already; parents
-    /// first. `with_data`: copy a regular file's contents (false when the
-    /// caller truncates it anyway).
-    pub fn copy_up(&self, ino: Ino, with_data: bool) -> SysResult<()> {
+    /// first. `data` says how much of a regular file to take; a
+    /// metadata-only copy gets its data when `data` asks for more.
+    pub fn copy_up(&self, ino: Ino, data: CopyData) -> SysResult<()> {
         let up = self.upper()?;
         let info = self.node_info(ino)?;
-        if info.top() == UPPER || ino == Ino::ROOT {
+        if ino == Ino::ROOT {
             return Ok(());
         }
-        self.copy_up(info.parent, true)?;
-        let _guard = up.lock(ino);
+        if info.top() == UPPER {
+            if info.is_metacopy() && data != CopyData::Meta {
+                return self.complete_metacopy(ino, data);
+            }
+            return Ok(());
+        }
+        self.copy_up(info.parent, CopyData::Full)?;
+        let guard = up.lock(ino);
         // Re-read under the lock: another thread may have copied it up.
         let info = self.node_info(ino)?;
         if info.top() == UPPER {
+            drop(guard);
+            if info.is_metacopy() && data != CopyData::Meta {
+                return self.complete_metacopy(ino, data);
+            }
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -485,17 +521,34 @@ impl Overlay {
         let tmp = up.tmp_name();
         let work = up.work.as_fd();
         let mut data_fd = None;
+        // Hard links are copied whole: their other names join the copy.
+        let meta_only = data == CopyData::Meta
+            && st.kind() == FileKind::Regular
+            && st.size > 0
+            && st.nlink <= 1
+            && up.metacopy_xattr.is_some();
         match st.kind() {
             FileKind::Regular => {
-                let src =
-                    sys::openat(src_pfd.as_fd(), &name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+                // A metadata-only file below has its data further down.
+                let data_pfd = self.dir_fd(info.parent, info.data_layer())?;
+                let src = sys::openat(
+                    data_pfd.as_fd(),
+                    &name,
+                    libc::O_RDONLY | libc::O_NOFOLLOW,
+                    0,
+                )?;
                 let dst = sys::openat(
                     work,
                     &tmp,
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                     0o600,
                 )?;
-                if with_data {
+                if meta_only {
+                    if let Err(e) = sys::ftruncate(dst.as_fd(), st.size) {
+                        let _ = sys::unlinkat(work, &tmp, 0);
+                        return Err(e);
+                    }
+                } else if data == CopyData::Full {
                     match copy_data(src.as_fd(), dst.as_fd(), st.size) {
                         Ok(m) => method = m,
                         Err(e) => {
@@ -531,8 +584,13 @@ impl Overlay {
                 ino.0.to_string().as_bytes(),
                 0,
             );
+            if let (true, Some(x)) = (meta_only, up.metacopy_xattr) {
+                sys::lsetxattr(&sys::proc_fd_path(work, Some(&tmp)), x, b"", 0)?;
+            }
+            // A metadata-only copy has no data of its own to lose.
             if let Some(fd) = &data_fd
                 && !up.volatile
+                && !meta_only
             {
                 sys::fsync(fd.as_fd(), false)?;
             }
@@ -560,6 +618,8 @@ impl Overlay {
             std::iter::once(UPPER)
                 .chain(info.layers.iter().copied())
                 .collect()
+        } else if meta_only {
+            Box::new([UPPER, info.data_layer()])
         } else {
             Box::new([UPPER])
         };
@@ -568,11 +628,74 @@ impl Overlay {
             self.index_copy(&dst_pfd, &name, &st);
         }
         self.note_copy_up(ino, &st, method, started);
-        debug!("copied up {} ({ino})", String::from_utf8_lossy(&info.name));
-        drop(_guard);
+        debug!(
+            "copied up {} ({ino}{})",
+            String::from_utf8_lossy(&info.name),
+            if meta_only { ", metadata only" } else { "" }
+        );
+        drop(guard);
         if st.kind() != FileKind::Dir && st.nlink > 1 {
             self.link_up_known_aliases(ino);
         }
+        Ok(())
+    }
+
+    /// Gives a metadata-only copy its data (`Full`), or drops the data below
+    /// because the caller truncates the file to zero next (`Truncated`). The
+    /// data is written into the upper file in place and the metacopy mark
+    /// removed last: a crash in between leaves a metadata-only copy that
+    /// still reads the data below.
+    fn complete_metacopy(&self, ino: Ino, data: CopyData) -> SysResult<()> {
+        let up = self.upper()?;
+        let _guard = up.lock(ino);
+        let info = self.node_info(ino)?;
+        if !info.is_metacopy() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut method = CopyMethod::Metadata;
+        let loc = self.loc(ino)?;
+        let st = loc.stat()?;
+        if data == CopyData::Full {
+            let data_pfd = self.dir_fd(info.parent, info.data_layer())?;
+            let src = sys::openat(
+                data_pfd.as_fd(),
+                &loc.name,
+                libc::O_RDONLY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            let dst = sys::openat(
+                loc.fd.as_fd(),
+                &loc.name,
+                libc::O_WRONLY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            method = copy_data(src.as_fd(), dst.as_fd(), st.size)?;
+            if !up.volatile {
+                sys::fsync(dst.as_fd(), false)?;
+            }
+            // Writing changed what the caller did not: the times and,
+            // through the kernel's kill-priv, maybe the mode.
+            sys::fchmodat(loc.fd.as_fd(), &loc.name, st.mode & 0o7777)?;
+            sys::utimensat(
+                loc.fd.as_fd(),
+                &loc.name,
+                SetTime::At(st.atime),
+                SetTime::At(st.mtime),
+            )?;
+        }
+        if let Some(x) = up.metacopy_xattr {
+            match sys::lremovexattr(&loc.proc_path(), x) {
+                Ok(()) | Err(Errno::ENODATA) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.set_layers(ino, Box::new([UPPER]));
+        self.note_copy_up(ino, &st, method, started);
+        debug!(
+            "completed the data of {} ({ino})",
+            String::from_utf8_lossy(&info.name)
+        );
         Ok(())
     }
 
@@ -956,7 +1079,7 @@ impl Overlay {
         if info.kind == FileKind::Dir {
             return Err(Errno::EPERM);
         }
-        self.copy_up(ino, true)?;
+        self.copy_up(ino, CopyData::Full)?;
         let src = self.loc(ino)?;
         let up = self.upper()?;
         let pfd = self.upper_dir(newparent)?;
@@ -1207,9 +1330,9 @@ impl Overlay {
                 _ => {}
             }
         }
-        self.copy_up(src.ino, true)?;
+        self.copy_up(src.ino, CopyData::Full)?;
         if let (Some(d), true) = (&dst, exchange) {
-            self.copy_up(d.ino, true)?;
+            self.copy_up(d.ino, CopyData::Full)?;
         }
         let opfd = self.upper_dir(parent)?;
         let npfd = self.upper_dir(newparent)?;
@@ -1354,7 +1477,7 @@ impl Overlay {
             // file is copied up first, as kernel overlayfs does for
             // chown(-1, -1).
             if self.upper.is_some() {
-                self.copy_up(ino, true)?;
+                self.copy_up(ino, CopyData::Meta)?;
             }
             let st = self.getattr_fh(ino, fh)?;
             if self.upper.is_none()
@@ -1383,8 +1506,12 @@ impl Overlay {
             // (FUSE would let root "repair" it, and the copy-up then fail).
             return Err(Errno::EPERM);
         }
-        let truncating_all = a.size == Some(0);
-        self.copy_up(ino, !truncating_all)?;
+        let data = match a.size {
+            Some(0) => CopyData::Truncated,
+            Some(_) => CopyData::Full,
+            None => CopyData::Meta,
+        };
+        self.copy_up(ino, data)?;
         let mut loc = self.loc(ino)?;
         // Every name may be gone while the file is open: then its open
         // upper fd is the file.
@@ -1450,7 +1577,7 @@ impl Overlay {
         if is_internal_xattr(name) {
             return Err(Errno::EPERM);
         }
-        self.copy_up(ino, true)?;
+        self.copy_up(ino, CopyData::Meta)?;
         let loc = self.loc(ino)?;
         let cname = sys::cstr(OsStr::from_bytes(name))?;
         sys::lsetxattr(&loc.proc_path(), &cname, value, flags)
@@ -1464,7 +1591,7 @@ impl Overlay {
         }
         // Nothing to copy up if the attribute does not exist.
         self.getxattr(ino, name)?;
-        self.copy_up(ino, true)?;
+        self.copy_up(ino, CopyData::Meta)?;
         let loc = self.loc(ino)?;
         let cname = sys::cstr(OsStr::from_bytes(name))?;
         sys::lremovexattr(&loc.proc_path(), &cname)
