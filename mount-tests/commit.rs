@@ -253,6 +253,52 @@ fn commit_walkthrough_history_run_save_load_skopeo() {
     }
 }
 
+/// A lower directory renamed in a container (a redirect, which OCI layers
+/// cannot carry) and lower files whose mode alone changed (metadata-only
+/// copies, whose data stays below) commit to an image that shows the same
+/// tree and contents.
+#[test]
+fn commit_keeps_renamed_directories_and_metadata_only_copies() {
+    let Some(who) = setup() else { return };
+    let e = Env::new(who);
+    e.ok(&[
+        "run",
+        "--name",
+        "m1",
+        "busybox",
+        "sh",
+        "-c",
+        "mv /home /house && touch /house/app/new && chmod 600 /etc/passwd && chmod 750 /bin/busybox",
+    ]);
+    e.ok(&["commit", "m1", "moved"]);
+    let store = e.store();
+    let names = top_layer_names(&store, &inspect(&e, &store, "moved"));
+    for want in [
+        ".wh.home",
+        "house/",
+        "house/.wh..wh..opq",
+        "house/app/",
+        "house/app/new",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    let out = e.ok(&[
+        "run",
+        "--rm",
+        "moved",
+        "sh",
+        "-c",
+        "cat /etc/passwd; ls /house/app; test -e /home || echo no-home; stat -c %a /etc/passwd /bin/busybox",
+    ]);
+    assert!(
+        out.contains("app:x:1000:1000:app:/home/app:/bin/sh"),
+        "{out}"
+    );
+    assert!(out.contains("new"), "{out}");
+    assert!(out.contains("no-home"), "{out}");
+    assert!(out.contains("600\n750"), "{out}");
+}
+
 #[test]
 fn commit_refuses_unknown_container_and_removed_image() {
     let Some(who) = setup() else { return };

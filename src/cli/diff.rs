@@ -12,6 +12,10 @@
 //! - an opaque directory (or a directory under one) that replaces a lower
 //!   directory: every name the lower view shows in it and the upper layer
 //!   does not have: `D`;
+//! - a directory renamed by redirect replaces what the lower view shows at
+//!   its new path (like an opaque one), and everything it brings from its
+//!   old place is `A` (read through the merged view); its old name is a
+//!   whiteout, so `D`;
 //! - every directory above a change that exists below is `C`, as docker does.
 //!
 //! The work directory (when it is inside the upper one) and, for containers,
@@ -24,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fmt;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -36,7 +40,9 @@ use super::state;
 use crate::overlay::Role;
 use crate::overlay::explain::{Outcome, join_path, walk};
 use crate::overlay::rules::{self, EntryKind, LayerEntry, NameClass};
+use crate::overlay::{Ino, LayerIdx};
 use crate::store::Store;
+use crate::store::merged::MergedView;
 use crate::sys::{self, Errno, FileKind, Stat};
 
 /// Files the runner bind-mounts into containers.
@@ -137,6 +143,11 @@ pub enum DiffError {
         path: String,
         cause: Errno,
     },
+    /// Reading the merged view (the contents of a renamed directory).
+    Merged {
+        path: String,
+        cause: String,
+    },
 }
 
 impl fmt::Display for DiffError {
@@ -145,6 +156,10 @@ impl fmt::Display for DiffError {
             DiffError::Target(e) => e.fmt(f),
             DiffError::Explain(e) => e.fmt(f),
             DiffError::Usage(s) => f.write_str(s),
+            DiffError::Merged { path, cause } => write!(
+                f,
+                "cannot read {path} in the merged view of the layers: {cause}"
+            ),
             DiffError::Upper { dir, path, cause } => write!(
                 f,
                 "cannot read {path} in upper directory {}: {cause}",
@@ -255,6 +270,7 @@ pub fn collect(t: &Target) -> Result<Vec<(Vec<u8>, Fact)>, DiffError> {
             (m.dev(), m.ino())
         });
     let mut facts = Vec::new();
+    let mut merged: Option<MergedView> = None;
     // (components of the directory, whether it merges with the lower view)
     let mut stack: Vec<(Vec<Vec<u8>>, bool)> = vec![(Vec::new(), true)];
     while let Some((dir, merging)) = stack.pop() {
@@ -318,7 +334,18 @@ pub fn collect(t: &Target) -> Result<Vec<(Vec<u8>, Fact)>, DiffError> {
             facts.push((join_path(&comps), Fact::Object { is_dir, below }));
             if is_dir {
                 let opaque = opaque_of(&fd, &name).map_err(err)?.is_some();
-                let child_merging = merging && !opaque;
+                // A renamed directory's contents come from its old place:
+                // what the lower view shows at its new path is replaced,
+                // and what it brings along is added.
+                let renamed = is_redirected(&fd, &name).map_err(err)?;
+                if renamed {
+                    let view = match &merged {
+                        Some(v) => v,
+                        None => merged.insert(merged_view(upper, &lowers)?),
+                    };
+                    brought_along(view, &comps, &mut facts)?;
+                }
+                let child_merging = merging && !opaque && !renamed;
                 if let Some((lst, dirs)) = &low
                     && lst.kind() == FileKind::Dir
                     && !child_merging
@@ -340,6 +367,72 @@ pub fn collect(t: &Target) -> Result<Vec<(Vec<u8>, Fact)>, DiffError> {
         }
     }
     Ok(facts)
+}
+
+/// Whether directory `name` in `parent` was renamed by redirect.
+fn is_redirected(parent: &OwnedFd, name: &[u8]) -> Result<bool, Errno> {
+    let cname = sys::cstr(OsStr::from_bytes(name))?;
+    let path = sys::proc_fd_path(parent.as_fd(), Some(&cname));
+    for x in rules::REDIRECT_XATTRS {
+        match sys::lgetxattr(&path, x) {
+            Ok(_) => return Ok(true),
+            Err(e)
+                if e == Errno::ENODATA
+                    || e.0 == libc::EOPNOTSUPP
+                    || e == Errno::EPERM
+                    || e == Errno::EACCES => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+fn merged_view(upper: &layers::LayerDesc, lowers: &Target) -> Result<MergedView, DiffError> {
+    let mut dirs = vec![upper.dir.clone()];
+    dirs.extend(lowers.layers.iter().map(|l| l.dir.clone()));
+    MergedView::open(&dirs).map_err(|e| DiffError::Merged {
+        path: "/".into(),
+        cause: e.to_string(),
+    })
+}
+
+/// Adds, as new, what a renamed directory at `comps` shows that the upper
+/// layer does not hold itself (it comes from the directory's old place).
+fn brought_along(
+    view: &MergedView,
+    comps: &[Vec<u8>],
+    facts: &mut Vec<(Vec<u8>, Fact)>,
+) -> Result<(), DiffError> {
+    let err = |c: &[Vec<u8>]| {
+        let path = String::from_utf8_lossy(&join_path(c)).into_owned();
+        move |e: Errno| DiffError::Merged {
+            path,
+            cause: e.to_string(),
+        }
+    };
+    let (ino, _) = view.lookup(&join_path(comps)).map_err(err(comps))?;
+    let mut todo = vec![(comps.to_vec(), ino)];
+    while let Some((dir, ino)) = todo.pop() {
+        for item in view.list(ino).map_err(err(&dir))? {
+            let mut c = dir.clone();
+            c.push(item.name.to_vec());
+            let is_dir = item.kind == FileKind::Dir;
+            if item.layer != LayerIdx(0) {
+                facts.push((
+                    join_path(&c),
+                    Fact::Object {
+                        is_dir,
+                        below: None,
+                    },
+                ));
+            }
+            if is_dir {
+                let st = view.child(ino, &item.name).map_err(err(&c))?;
+                todo.push((c, Ino(st.ino)));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The plain (non-whiteout, non-marker) names of upper directory `parent/name`.
@@ -470,6 +563,37 @@ mod tests {
             is_dir,
             below: below.map(|(is_dir, same_meta)| Below { is_dir, same_meta }),
         }
+    }
+
+    /// A renamed lower directory: its old name is deleted, it and what it
+    /// brings along are added; a name deleted in it is simply not there.
+    #[test]
+    fn renamed_directory_is_deleted_and_added() {
+        let d = tempfile::tempdir().unwrap();
+        let (l, u) = (d.path().join("l"), d.path().join("u"));
+        std::fs::create_dir_all(l.join("d/sub")).unwrap();
+        std::fs::write(l.join("d/x"), "x").unwrap();
+        std::fs::write(l.join("d/sub/y"), "y").unwrap();
+        std::fs::create_dir_all(u.join("e")).unwrap();
+        std::fs::write(u.join(".wh.d"), "").unwrap();
+        std::fs::write(u.join("e/new"), "").unwrap();
+        std::fs::write(u.join("e/.wh.x"), "").unwrap();
+        let c = sys::cstr(u.join("e").as_os_str()).unwrap();
+        sys::lsetxattr(&c, c"user.overlay.redirect", b"d", 0).unwrap();
+        let t = Target {
+            source: layers::Source::Mount {
+                mountpoint: PathBuf::new(),
+                pid: 0,
+                image: None,
+            },
+            layers: layers::describe(Some(&u), std::slice::from_ref(&l)),
+            workdir: None,
+        };
+        let got: Vec<String> = changes(&collect(&t).unwrap(), &[])
+            .into_iter()
+            .map(|(c, p)| format!("{} {}", c.letter(), String::from_utf8_lossy(&p)))
+            .collect();
+        assert_eq!(got, ["D /d", "A /e", "A /e/new", "A /e/sub", "A /e/sub/y"]);
     }
 
     #[test]

@@ -24,6 +24,13 @@
 //!   and size only (no user/group names, atime or ctime); whiteouts and
 //!   opaque markers have mode 0644, owner 0:0 and mtime 0. The same changes
 //!   give the same diffID.
+//! - a directory renamed by redirect (`overlay.redirect`, which OCI layers
+//!   cannot carry) becomes an opaque directory holding its whole merged
+//!   contents, read through [`super::merged::MergedView`] over the upper
+//!   layer and the image's layers; its old name is a whiteout already;
+//! - a metadata-only copy (`overlay.metacopy`: the upper file holds the
+//!   metadata, the data is still below) gets its data from the merged view,
+//!   never the upper file's holes;
 //! - the files the runner bind-mounts (`etc/resolv.conf`, `etc/hosts`,
 //!   `etc/hostname`, and whiteouts of them) never enter the tar.
 //!
@@ -47,6 +54,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
@@ -55,11 +63,13 @@ use tar::{EntryType, Header};
 use super::change::{self, Change};
 use super::digest::{DiffId, Digest, HashingReader};
 use super::extract::{self, ExtractError, ExtractOptions};
+use super::merged::{MergedError, MergedView};
 use super::oci::{self, Descriptor, ImageConfig, Manifest};
 use super::reference::Reference;
 use super::{LayerInfo, Lock, Store, StoreError, format};
 use crate::overlay::rules::{self, NameClass};
-use crate::sys;
+use crate::overlay::{Ino, LayerIdx};
+use crate::sys::{self, FileKind, Stat};
 
 /// Paths (relative to the layer root) the runner injects; never committed.
 pub const RUNNER_INJECTED: [&str; 3] = ["etc/resolv.conf", "etc/hosts", "etc/hostname"];
@@ -80,6 +90,14 @@ pub enum CommitError {
     Store(StoreError),
     /// Reading the upper layer.
     Upper {
+        path: PathBuf,
+        cause: io::Error,
+    },
+    /// Opening the merged view of the upper layer over the image's layers.
+    MergedView(MergedError),
+    /// Reading a path through the merged view (a renamed directory's
+    /// contents, a metadata-only copy's data).
+    Merged {
         path: PathBuf,
         cause: io::Error,
     },
@@ -118,6 +136,15 @@ impl fmt::Display for CommitError {
             CommitError::Upper { path, cause } => {
                 write!(f, "cannot read {}: {cause}", path.display())
             }
+            CommitError::MergedView(e) => write!(
+                f,
+                "cannot read the container's merged view (needed for a renamed directory or a metadata-only copy): {e}"
+            ),
+            CommitError::Merged { path, cause } => write!(
+                f,
+                "cannot read {} through the merged view: {cause}",
+                path.display()
+            ),
             CommitError::Work { path, step, cause } => {
                 write!(f, "{step} {}: {cause}", path.display())
             }
@@ -236,12 +263,28 @@ fn is_excluded(rel: &str) -> bool {
     RUNNER_INJECTED.contains(&rel)
 }
 
+fn has_any(x: &BTreeMap<String, Vec<u8>>, names: &[&std::ffi::CStr]) -> bool {
+    names
+        .iter()
+        .any(|n| n.to_str().is_ok_and(|n| x.contains_key(n)))
+}
+
 /// Writes the upper directory `upper` as an OCI layer tar into `out`.
-pub fn write_layer<W: Write>(upper: &Path, out: W) -> Result<LayerStats, CommitError> {
+/// `lowers` (top first) are the layers it was mounted over: renamed
+/// directories and metadata-only copies are read through them.
+pub fn write_layer<W: Write>(
+    upper: &Path,
+    lowers: &[PathBuf],
+    out: W,
+) -> Result<LayerStats, CommitError> {
     let mut w = LayerWriter {
         tar: tar::Builder::new(out),
         links: HashMap::new(),
+        merged_links: HashMap::new(),
         stats: LayerStats::default(),
+        upper: upper.to_path_buf(),
+        lowers: lowers.to_vec(),
+        merged: None,
     };
     w.tar.mode(tar::HeaderMode::Deterministic);
     w.dir(upper, "", false)?;
@@ -257,7 +300,14 @@ struct LayerWriter<W: Write> {
     tar: tar::Builder<W>,
     /// (dev, ino) of multiply linked files → their first tar name.
     links: HashMap<(u64, u64), String>,
+    /// The same for files served by the merged view, by merged inode.
+    merged_links: HashMap<u64, String>,
     stats: LayerStats,
+    upper: PathBuf,
+    lowers: Vec<PathBuf>,
+    /// Opened on first need: most upper layers have neither renamed
+    /// directories nor metadata-only copies.
+    merged: Option<Rc<MergedView>>,
 }
 
 impl<W: Write> LayerWriter<W> {
@@ -266,6 +316,25 @@ impl<W: Write> LayerWriter<W> {
             path: path.to_path_buf(),
             cause,
         }
+    }
+
+    fn merged_err(rel: &str) -> impl FnOnce(sys::Errno) -> CommitError + '_ {
+        move |e| CommitError::Merged {
+            path: PathBuf::from(format!("/{rel}")),
+            cause: e.to_io(),
+        }
+    }
+
+    fn merged(&mut self) -> Result<Rc<MergedView>, CommitError> {
+        if let Some(m) = &self.merged {
+            return Ok(m.clone());
+        }
+        let mut layers = Vec::with_capacity(self.lowers.len() + 1);
+        layers.push(self.upper.clone());
+        layers.extend(self.lowers.iter().cloned());
+        let m = Rc::new(MergedView::open(&layers).map_err(CommitError::MergedView)?);
+        self.merged = Some(m.clone());
+        Ok(m)
     }
 
     fn write_err(name: &str) -> impl FnOnce(io::Error) -> CommitError + '_ {
@@ -349,13 +418,81 @@ impl<W: Write> LayerWriter<W> {
             let tar_name = format!("{rel}{}", String::from_utf8_lossy(&tar_name));
             match item {
                 Item::Whiteout => self.marker(&tar_name)?,
-                Item::Object(path, md) => self.object(&path, &md, &tar_name)?,
+                Item::Object(path, md) => self.object(&path, &md, &tar_name, None)?,
             }
         }
         Ok(())
     }
 
-    fn object(&mut self, path: &Path, md: &fs::Metadata, name: &str) -> Result<(), CommitError> {
+    /// Writes the PAX record of `xattrs`, if any, for the next entry.
+    fn pax(&mut self, xattrs: &BTreeMap<String, Vec<u8>>, name: &str) -> Result<(), CommitError> {
+        if xattrs.is_empty() {
+            return Ok(());
+        }
+        let data = pax_records(xattrs);
+        let mut ph = Header::new_gnu();
+        ph.set_entry_type(EntryType::XHeader);
+        ph.set_mode(0o644);
+        ph.set_mtime(0);
+        ph.set_size(data.len() as u64);
+        ph.set_path("PaxHeader").map_err(Self::write_err(name))?;
+        ph.set_cksum();
+        self.tar
+            .append(&ph, data.as_slice())
+            .map_err(Self::write_err(name))
+    }
+
+    /// The header every entry starts from.
+    fn header(owner: &Owner, mtime: i64) -> Header {
+        let mut h = Header::new_gnu();
+        h.set_mode(owner.mode & 0o7777);
+        h.set_uid(owner.uid);
+        h.set_gid(owner.gid);
+        h.set_mtime(mtime.max(0) as u64);
+        h.set_size(0);
+        h
+    }
+
+    /// A device, fifo or socket (sockets cannot be archived: docker skips
+    /// them too).
+    fn special(
+        &mut self,
+        mut h: Header,
+        kind: FileKind,
+        rdev: u64,
+        name: &str,
+    ) -> Result<(), CommitError> {
+        let kind = match kind {
+            FileKind::CharDev => EntryType::Char,
+            FileKind::BlockDev => EntryType::Block,
+            FileKind::Fifo => EntryType::Fifo,
+            _ => {
+                self.stats.entries -= 1;
+                return Ok(());
+            }
+        };
+        h.set_entry_type(kind);
+        if kind != EntryType::Fifo {
+            h.set_device_major(libc::major(rdev))
+                .map_err(Self::write_err(name))?;
+            h.set_device_minor(libc::minor(rdev))
+                .map_err(Self::write_err(name))?;
+        }
+        self.tar
+            .append_data(&mut h, name, io::empty())
+            .map_err(Self::write_err(name))
+    }
+
+    /// Writes an upper-layer object. `merged`: its inode in the merged view
+    /// when it lies inside a renamed directory (whose contents are written
+    /// merged).
+    fn object(
+        &mut self,
+        path: &Path,
+        md: &fs::Metadata,
+        name: &str,
+        merged: Option<Ino>,
+    ) -> Result<(), CommitError> {
         let mut xattrs = lxattrs(path).map_err(Self::upper_err(path))?;
         let owner = match xattrs
             .get("user.containers.override_stat")
@@ -368,28 +505,13 @@ impl<W: Write> LayerWriter<W> {
                 mode: md.mode(),
             },
         };
-        let opaque = md.is_dir() && is_opaque(&xattrs);
-        xattrs.retain(|k, _| !OVERLAY_XATTRS.iter().any(|p| k.starts_with(p)));
         let ft = md.file_type();
-        let mut h = Header::new_gnu();
-        h.set_mode(owner.mode & 0o7777);
-        h.set_uid(owner.uid);
-        h.set_gid(owner.gid);
-        h.set_mtime(md.mtime().max(0) as u64);
-        h.set_size(0);
-        if !xattrs.is_empty() {
-            let data = pax_records(&xattrs);
-            let mut ph = Header::new_gnu();
-            ph.set_entry_type(EntryType::XHeader);
-            ph.set_mode(0o644);
-            ph.set_mtime(0);
-            ph.set_size(data.len() as u64);
-            ph.set_path("PaxHeader").map_err(Self::write_err(name))?;
-            ph.set_cksum();
-            self.tar
-                .append(&ph, data.as_slice())
-                .map_err(Self::write_err(name))?;
-        }
+        let opaque = ft.is_dir() && is_opaque(&xattrs);
+        let redirect = ft.is_dir() && has_any(&xattrs, &rules::REDIRECT_XATTRS);
+        let metacopy = ft.is_file() && has_any(&xattrs, &rules::METACOPY_XATTRS);
+        xattrs.retain(|k, _| !OVERLAY_XATTRS.iter().any(|p| k.starts_with(p)));
+        let mut h = Self::header(&owner, md.mtime());
+        self.pax(&xattrs, name)?;
         self.stats.entries += 1;
         use std::os::unix::fs::FileTypeExt;
         if ft.is_dir() {
@@ -398,14 +520,23 @@ impl<W: Write> LayerWriter<W> {
             self.tar
                 .append_data(&mut h, &dname, io::empty())
                 .map_err(Self::write_err(name))?;
-            let rel = dname;
-            if opaque {
+            // Inside a renamed directory everything is written merged, and
+            // the renamed directory's marker hides what is below already.
+            if merged.is_none() && (opaque || redirect) {
                 self.marker(&format!(
-                    "{rel}{}",
+                    "{dname}{}",
                     String::from_utf8_lossy(rules::OPAQUE_MARKER)
                 ))?;
             }
-            return self.dir(path, &rel, opaque);
+            let ino = match (merged, redirect) {
+                (Some(ino), _) => ino,
+                (None, true) => {
+                    let m = self.merged()?;
+                    m.lookup(name.as_bytes()).map_err(Self::merged_err(name))?.0
+                }
+                (None, false) => return self.dir(path, &dname, opaque),
+            };
+            return self.merged_dir(ino, Some(path), &dname);
         }
         if ft.is_file() && md.nlink() > 1 {
             if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
@@ -421,8 +552,21 @@ impl<W: Write> LayerWriter<W> {
         if ft.is_file() {
             h.set_entry_type(EntryType::Regular);
             h.set_size(md.len());
-            let f = File::open(path).map_err(Self::upper_err(path))?;
             self.stats.content_bytes += md.len();
+            let f = if metacopy {
+                let m = self.merged()?;
+                let ino = match merged {
+                    Some(ino) => ino,
+                    None => Ino(m
+                        .lookup(name.as_bytes())
+                        .map_err(Self::merged_err(name))?
+                        .1
+                        .ino),
+                };
+                m.reader(ino).map_err(Self::merged_err(name))?
+            } else {
+                File::open(path).map_err(Self::upper_err(path))?
+            };
             // A file that changed size under us would corrupt the tar: the
             // reader is limited to the header's size and a short read fails.
             let r = io::Read::take(f, md.len());
@@ -440,27 +584,110 @@ impl<W: Write> LayerWriter<W> {
                 .map_err(Self::write_err(name));
         }
         let kind = if ft.is_char_device() {
-            EntryType::Char
+            FileKind::CharDev
         } else if ft.is_block_device() {
-            EntryType::Block
+            FileKind::BlockDev
         } else if ft.is_fifo() {
-            EntryType::Fifo
+            FileKind::Fifo
         } else {
-            // Sockets cannot be archived (docker skips them too).
-            self.stats.entries -= 1;
-            return Ok(());
+            FileKind::Socket
         };
-        h.set_entry_type(kind);
-        if kind != EntryType::Fifo {
-            let rdev = md.rdev();
-            h.set_device_major(libc::major(rdev))
-                .map_err(Self::write_err(name))?;
-            h.set_device_minor(libc::minor(rdev))
-                .map_err(Self::write_err(name))?;
+        self.special(h, kind, md.rdev(), name)
+    }
+
+    /// Writes the merged contents of directory `dir` (tar prefix `rel`,
+    /// ending in `/`): names the upper layer serves from `upper_dir`, the
+    /// others from the merged view.
+    fn merged_dir(
+        &mut self,
+        dir: Ino,
+        upper_dir: Option<&Path>,
+        rel: &str,
+    ) -> Result<(), CommitError> {
+        let m = self.merged()?;
+        let items = m.list(dir).map_err(Self::merged_err(rel))?;
+        for item in items {
+            let Ok(name) = std::str::from_utf8(&item.name) else {
+                return Err(CommitError::Merged {
+                    path: PathBuf::from(format!("/{rel}{}", String::from_utf8_lossy(&item.name))),
+                    cause: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the name is not UTF-8, which layer tars here cannot carry",
+                    ),
+                });
+            };
+            let child = format!("{rel}{name}");
+            if is_excluded(&child) {
+                continue;
+            }
+            let st = m.child(dir, &item.name).map_err(Self::merged_err(&child))?;
+            match upper_dir {
+                Some(ud) if item.layer == LayerIdx(0) => {
+                    let path = ud.join(name);
+                    let md = fs::symlink_metadata(&path).map_err(Self::upper_err(&path))?;
+                    self.object(&path, &md, &child, Some(Ino(st.ino)))?;
+                }
+                _ => self.merged_object(&m, &st, &child)?,
+            }
         }
-        self.tar
-            .append_data(&mut h, name, io::empty())
-            .map_err(Self::write_err(name))
+        Ok(())
+    }
+
+    /// Writes an object the merged view serves from a layer below.
+    fn merged_object(&mut self, m: &MergedView, st: &Stat, name: &str) -> Result<(), CommitError> {
+        let ino = Ino(st.ino);
+        let mut xattrs = BTreeMap::new();
+        for (k, v) in m.xattrs(ino).map_err(Self::merged_err(name))? {
+            if let Ok(k) = String::from_utf8(k) {
+                xattrs.insert(k, v);
+            }
+        }
+        let owner = Owner {
+            uid: st.uid.into(),
+            gid: st.gid.into(),
+            mode: st.mode,
+        };
+        let mut h = Self::header(&owner, st.mtime.sec);
+        self.pax(&xattrs, name)?;
+        self.stats.entries += 1;
+        match st.kind() {
+            FileKind::Dir => {
+                h.set_entry_type(EntryType::Directory);
+                let dname = format!("{name}/");
+                self.tar
+                    .append_data(&mut h, &dname, io::empty())
+                    .map_err(Self::write_err(name))?;
+                self.merged_dir(ino, None, &dname)
+            }
+            FileKind::Regular => {
+                if st.nlink > 1 {
+                    if let Some(first) = self.merged_links.get(&st.ino) {
+                        h.set_entry_type(EntryType::Link);
+                        let first = first.clone();
+                        return self
+                            .tar
+                            .append_link(&mut h, name, first)
+                            .map_err(Self::write_err(name));
+                    }
+                    self.merged_links.insert(st.ino, name.to_string());
+                }
+                h.set_entry_type(EntryType::Regular);
+                h.set_size(st.size);
+                self.stats.content_bytes += st.size;
+                let f = m.reader(ino).map_err(Self::merged_err(name))?;
+                self.tar
+                    .append_data(&mut h, name, io::Read::take(f, st.size))
+                    .map_err(Self::write_err(name))
+            }
+            FileKind::Symlink => {
+                h.set_entry_type(EntryType::Symlink);
+                let target = m.readlink(ino).map_err(Self::merged_err(name))?;
+                self.tar
+                    .append_link(&mut h, name, target)
+                    .map_err(Self::write_err(name))
+            }
+            kind => self.special(h, kind, st.rdev, name),
+        }
     }
 }
 
@@ -626,7 +853,14 @@ pub fn commit(
     let blob = work.path.join("blob");
     let f = File::create(&blob).map_err(work_err(&blob, "cannot create"))?;
     let mut bw = BufWriter::with_capacity(1 << 20, f);
-    write_layer(req.upper, &mut bw)?;
+    // The image's layers, top first: what the container's upper layer was
+    // mounted over (the runner's own init files are never committed).
+    let lowers: Vec<PathBuf> = layers
+        .iter()
+        .rev()
+        .map(|l| store.layer_diff(&l.diff_id))
+        .collect();
+    write_layer(req.upper, &lowers, &mut bw)?;
     bw.into_inner()
         .map_err(|e| e.into_error())
         .and_then(|f| f.sync_data())
@@ -785,7 +1019,7 @@ mod tests {
         fs::hard_link(u.join("a"), u.join("b")).unwrap();
         std::os::unix::fs::symlink("a", u.join("s")).unwrap();
         let mut one = Vec::new();
-        let stats = write_layer(u, &mut one).unwrap();
+        let stats = write_layer(u, &[], &mut one).unwrap();
         let got = names(&one);
         let want: Vec<(String, EntryType)> = vec![
             (".wh.gone".into(), EntryType::Regular),
@@ -801,8 +1035,70 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(stats.entries, want.len() as u64);
         let mut two = Vec::new();
-        write_layer(u, &mut two).unwrap();
+        write_layer(u, &[], &mut two).unwrap();
         assert_eq!(Digest::of(&one), Digest::of(&two));
+    }
+
+    fn contents(tar_bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+        let mut a = tar::Archive::new(tar_bytes);
+        let mut out = BTreeMap::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().into_owned();
+            let mut v = Vec::new();
+            io::Read::read_to_end(&mut e, &mut v).unwrap();
+            out.insert(p, v);
+        }
+        out
+    }
+
+    fn set_xattr(p: &Path, name: &str, v: &[u8]) {
+        let c = sys::cstr(p.as_os_str()).unwrap();
+        let n = CString::new(name).unwrap();
+        sys::lsetxattr(&c, &n, v, 0).unwrap();
+    }
+
+    /// A renamed lower directory is written opaque with its merged
+    /// contents; a metadata-only copy gets its data from below.
+    #[test]
+    fn layer_tar_flattens_renamed_dirs_and_fills_metacopies() {
+        let d = tempfile::tempdir().unwrap();
+        let (l, u) = (d.path().join("l"), d.path().join("u"));
+        fs::create_dir_all(l.join("d/sub")).unwrap();
+        fs::write(l.join("d/x"), "x").unwrap();
+        fs::write(l.join("d/gone"), "g").unwrap();
+        fs::write(l.join("d/sub/y"), "y").unwrap();
+        let data: Vec<u8> = (0..20000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(l.join("f"), &data).unwrap();
+        fs::create_dir_all(u.join("e")).unwrap();
+        fs::write(u.join(".wh.d"), "").unwrap();
+        fs::write(u.join("e/new"), "n").unwrap();
+        fs::write(u.join("e/.wh.gone"), "").unwrap();
+        set_xattr(&u.join("e"), "user.overlay.redirect", b"d");
+        let f = File::create(u.join("f")).unwrap();
+        f.set_len(data.len() as u64).unwrap();
+        set_xattr(&u.join("f"), "user.overlay.metacopy", b"");
+        let mut out = Vec::new();
+        write_layer(&u, std::slice::from_ref(&l), &mut out).unwrap();
+        let got: Vec<String> = names(&out).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            got,
+            [
+                ".wh.d",
+                "e/",
+                "e/.wh..wh..opq",
+                "e/new",
+                "e/sub/",
+                "e/sub/y",
+                "e/x",
+                "f"
+            ]
+        );
+        let c = contents(&out);
+        assert_eq!(c["f"], data, "the metacopy's data comes from below");
+        assert_eq!(c["e/x"], b"x");
+        assert_eq!(c["e/sub/y"], b"y");
+        assert_eq!(c["e/new"], b"n");
     }
 
     #[test]

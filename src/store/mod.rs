@@ -43,6 +43,7 @@ pub mod extract;
 pub mod format;
 pub mod gc;
 pub mod load;
+pub mod merged;
 pub mod oci;
 pub mod progress;
 pub mod reference;
