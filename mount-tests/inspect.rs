@@ -315,6 +315,43 @@ fn inspection_of_a_live_mount() {
     assert!(err.contains("is not inside a layerfs mount"), "{err}");
 }
 
+/// `explain` follows a renamed directory to where the layers below hold it
+/// and names the layer holding a metadata-only copy's data; `diff` shows
+/// the move.
+#[test]
+fn explain_follows_renamed_directories_and_metadata_only_copies() {
+    if !common::mount_tests_required() || common::is_fuse_overlayfs() {
+        return;
+    }
+    let e = Env::new();
+    build_layers(&e);
+    let _guard = mount(&e, &[]);
+    let mnt = e.p("mnt");
+    fs::rename(mnt.join("opt"), mnt.join("opt2")).unwrap();
+    let mut perm = fs::metadata(mnt.join("usr/lib/x")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o600);
+    fs::set_permissions(mnt.join("usr/lib/x"), perm).unwrap();
+    let new = e.json(&["explain", "--json", "mnt", "/opt2/new"]);
+    assert_eq!(new["status"], "found", "{new}");
+    assert_eq!(new["served_by"]["index"], 1, "{new}");
+    assert_eq!(new["renamed"][0]["path"], "/opt2", "{new}");
+    assert_eq!(new["renamed"][0]["layer"], 0, "{new}");
+    assert_eq!(new["renamed"][0]["redirect"], "opt", "{new}");
+    let old = e.json(&["explain", "--json", "mnt", "/opt"]);
+    assert_eq!(old["status"], "whited_out", "{old}");
+    let x = e.json(&["explain", "--json", "mnt", "/usr/lib/x"]);
+    assert_eq!(x["served_by"]["index"], 0, "{x}");
+    assert_eq!(x["data_from"], 2, "{x}");
+    let text = e.ok(&["explain", "mnt", "/opt2/new"]);
+    assert!(text.contains("renamed       /opt2 in layer 0"), "{text}");
+    let diff = e.ok(&["diff", "up"]);
+    assert!(
+        diff.contains("D /opt\n") && diff.contains("A /opt2\n") && diff.contains("A /opt2/new\n"),
+        "{diff}"
+    );
+    assert!(!diff.contains("/opt2/old"), "opt was opaque: {diff}");
+}
+
 #[test]
 fn trace_attaches_to_a_running_mount() {
     if !common::mount_tests_required() || common::is_fuse_overlayfs() {

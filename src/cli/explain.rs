@@ -28,7 +28,9 @@ use super::state;
 use crate::overlay::explain::{
     self, HideReason, Met, OpaqueEnc, Outcome, Seen, WhiteoutEnc, join_path,
 };
-use crate::overlay::rules::{OPAQUE_MARKER, OPAQUE_XATTRS, WH_PREFIX};
+use crate::overlay::rules::{
+    self, METACOPY_XATTRS, OPAQUE_MARKER, OPAQUE_XATTRS, Place, REDIRECT_XATTRS, WH_PREFIX,
+};
 use crate::overlay::trace::kind_name;
 use crate::overlay::{LayerIdx, Role};
 use crate::store::Store;
@@ -105,6 +107,8 @@ pub(super) struct Meta {
     pub(super) stat: Option<Stat>,
     pub(super) link: Option<Vec<u8>>,
     pub(super) origin: Vec<(String, String)>,
+    /// A metadata-only copy: its data is in a layer below.
+    pub(super) metacopy: bool,
 }
 
 /// Observations of every layer along `comps`: `[component][layer]`.
@@ -177,18 +181,74 @@ fn origin_xattrs(path: &CStr) -> Vec<(String, String)> {
     out
 }
 
-/// Observes one layer along `comps`.
-fn observe_layer(root: &Path, comps: &[Vec<u8>]) -> Result<Vec<(Seen, Meta)>, (usize, Errno)> {
-    let mut out = Vec::with_capacity(comps.len());
-    let mut dir = Some(sys::open_dir_path(root).map_err(|e| (0, e))?);
-    for (i, name) in comps.iter().enumerate() {
-        let Some(parent) = dir.take() else {
+/// Where directory `name` in `parent` continues below, if it was renamed by
+/// redirect (an unreadable or malformed value is no redirect, as on the
+/// mount).
+fn redirect_of(parent: &OwnedFd, name: &[u8]) -> Result<Option<Place>, Errno> {
+    let path = sys::proc_fd_path(parent.as_fd(), Some(&cstr(name)?));
+    for x in REDIRECT_XATTRS {
+        match sys::lgetxattr(&path, x) {
+            Ok(v) => return Ok(rules::parse_redirect(&v).ok()),
+            Err(e)
+                if e == Errno::ENODATA
+                    || e.0 == libc::EOPNOTSUPP
+                    || e == Errno::EPERM
+                    || e == Errno::EACCES => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// The directory at `comps` below `root`, if every component is a directory
+/// there.
+fn open_dir_at(root: &OwnedFd, comps: &[Vec<u8>]) -> Result<Option<OwnedFd>, Errno> {
+    let mut cur = sys::openat(root.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    for c in comps {
+        let name = cstr(c)?;
+        match sys::fstatat(cur.as_fd(), &name) {
+            Ok(st) if st.kind() == FileKind::Dir => {}
+            Ok(_) | Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        cur = sys::openat(
+            cur.as_fd(),
+            &name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+    }
+    Ok(Some(cur))
+}
+
+/// Observes one layer: component `c` of the path at `paths[c]` (the path's
+/// own names, or where redirects in the layers above send this layer).
+fn observe_layer(root: &Path, paths: &[Vec<Vec<u8>>]) -> Result<Vec<(Seen, Meta)>, (usize, Errno)> {
+    let mut out = Vec::with_capacity(paths.len());
+    let root = sys::open_dir_path(root).map_err(|e| (0, e))?;
+    // The directory the previous component opened, and its path.
+    let mut dir: Option<(&[Vec<u8>], OwnedFd)> = None;
+    for (i, path) in paths.iter().enumerate() {
+        let err = |e| (i, e);
+        let Some((name, parent_path)) = path.split_last() else {
             out.push((Seen::Missing, Meta::default()));
             continue;
         };
-        let err = |e| (i, e);
+        let parent = match dir.take() {
+            Some((p, fd)) if p == parent_path => Some(fd),
+            _ if i == 0 || parent_path.is_empty() || paths[i - 1].as_slice() != parent_path => {
+                open_dir_at(&root, parent_path).map_err(err)?
+            }
+            // The previous component is this one's parent and was no
+            // directory here.
+            _ => None,
+        };
+        let Some(parent) = parent else {
+            out.push((Seen::Missing, Meta::default()));
+            continue;
+        };
         let cname = cstr(name).map_err(err)?;
-        let last = i + 1 == comps.len();
+        let last = i + 1 == paths.len();
         match sys::fstatat(parent.as_fd(), &cname) {
             Ok(st) if st.is_whiteout() => out.push((
                 Seen::Whiteout(WhiteoutEnc::CharDev),
@@ -203,27 +263,41 @@ fn observe_layer(root: &Path, comps: &[Vec<u8>]) -> Result<Vec<(Seen, Meta)>, (u
                     stat: Some(st),
                     ..Meta::default()
                 };
-                let mut opaque = None;
+                let (mut opaque, mut redirect) = (None, None);
                 if kind == FileKind::Dir {
                     opaque = opaque_of(&parent, name).map_err(err)?;
+                    redirect = redirect_of(&parent, name).map_err(err)?;
                     if !last {
-                        dir = Some(
-                            sys::openat(
-                                parent.as_fd(),
-                                &cname,
-                                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                                0,
-                            )
-                            .map_err(err)?,
-                        );
+                        let fd = sys::openat(
+                            parent.as_fd(),
+                            &cname,
+                            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                            0,
+                        )
+                        .map_err(err)?;
+                        dir = Some((path.as_slice(), fd));
                     }
                 } else if kind == FileKind::Symlink {
                     meta.link = Some(sys::readlinkat(parent.as_fd(), &cname).map_err(err)?);
                 }
                 if last {
-                    meta.origin = origin_xattrs(&sys::proc_fd_path(parent.as_fd(), Some(&cname)));
+                    let p = sys::proc_fd_path(parent.as_fd(), Some(&cname));
+                    meta.origin = origin_xattrs(&p);
+                    meta.metacopy = kind == FileKind::Regular
+                        && sys::llistxattr(&p).is_ok_and(|names| {
+                            names
+                                .split(|&b| b == 0)
+                                .any(|n| METACOPY_XATTRS.iter().any(|x| x.to_bytes() == n))
+                        });
                 }
-                out.push((Seen::Object { kind, opaque }, meta));
+                out.push((
+                    Seen::Object {
+                        kind,
+                        opaque,
+                        redirect,
+                    },
+                    meta,
+                ));
             }
             Err(Errno::ENOENT) => {
                 let mut wh = WH_PREFIX.to_vec();
@@ -242,17 +316,49 @@ fn observe_layer(root: &Path, comps: &[Vec<u8>]) -> Result<Vec<(Seen, Meta)>, (u
     Ok(out)
 }
 
+/// Where component `c` of `comps` is for the layers below one that renamed
+/// it: `place` (absolute, or a name in the parent's place), then the
+/// path's own names.
+fn redirected(paths: &mut [Vec<Vec<u8>>], comps: &[Vec<u8>], c: usize, place: &Place) {
+    let base: Vec<Vec<u8>> = match place {
+        Place::Abs(p) => explain::split_path(p),
+        Place::Name(n) => {
+            let mut b = paths[c][..paths[c].len().saturating_sub(1)].to_vec();
+            b.push(n.to_vec());
+            b
+        }
+    };
+    for (c2, p) in paths.iter_mut().enumerate().skip(c) {
+        let mut np = base.clone();
+        np.extend_from_slice(&comps[c + 1..=c2]);
+        *p = np;
+    }
+}
+
 pub(super) fn observe(t: &Target, comps: &[Vec<u8>]) -> Result<Observation, ExplainError> {
     let n = comps.len();
     let mut seen = vec![Vec::with_capacity(t.layers.len()); n];
     let mut meta = vec![Vec::with_capacity(t.layers.len()); n];
+    // Where each component is looked at in the current layer.
+    let mut paths: Vec<Vec<Vec<u8>>> = (0..n).map(|c| comps[..=c].to_vec()).collect();
     for l in &t.layers {
-        let col = observe_layer(&l.dir, comps).map_err(|(i, cause)| ExplainError::Layer {
+        let col = observe_layer(&l.dir, &paths).map_err(|(i, cause)| ExplainError::Layer {
             layer: l.label(),
             dir: l.dir.clone(),
-            path: show(&join_path(&comps[..(i + 1).min(n)])),
+            path: show(&join_path(&paths[i.min(n.saturating_sub(1))])),
             cause,
         })?;
+        // Shallower redirects first: a relative one deeper down is relative
+        // to where its parent went.
+        for (c, (s, _)) in col.iter().enumerate() {
+            if let Seen::Object {
+                redirect: Some(place),
+                ..
+            } = s
+            {
+                redirected(&mut paths, comps, c, place);
+            }
+        }
         for (i, (s, m)) in col.into_iter().enumerate() {
             seen[i].push(s);
             meta[i].push(m);
@@ -317,6 +423,17 @@ pub struct CopyUpOut {
     pub origin_xattrs: Vec<(String, String)>,
 }
 
+/// A directory on the way that was renamed: the layers below hold it
+/// elsewhere.
+#[derive(Serialize, Debug)]
+pub struct RenamedOut {
+    /// The path of the merged view (the path itself or an ancestor).
+    pub path: String,
+    pub layer: u16,
+    /// Its redirect: a name in the parent directory or an absolute path.
+    pub redirect: String,
+}
+
 #[derive(Serialize, Debug)]
 pub struct Report {
     pub source: layers::Source,
@@ -344,6 +461,11 @@ pub struct Report {
     pub hides: Vec<HiddenOut>,
     pub whiteouts: Vec<MetOut>,
     pub opaque_dirs: Vec<MetOut>,
+    /// Renamed directories merged on the way, with their redirects.
+    pub renamed: Vec<RenamedOut>,
+    /// For a metadata-only copy: the layer whose file holds the data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_from: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copied_up: Option<CopyUpOut>,
     pub layers: Vec<LayerDesc>,
@@ -402,6 +524,8 @@ fn report(
         hides: Vec::new(),
         whiteouts: Vec::new(),
         opaque_dirs: Vec::new(),
+        renamed: Vec::new(),
+        data_from: None,
         copied_up: None,
         layers: t.layers.clone(),
     };
@@ -422,6 +546,15 @@ fn report(
                     r.mtime = Some(time(st.mtime));
                 }
                 r.link_target = m.link.as_deref().map(show);
+                if m.metacopy {
+                    let last = comps.len() - 1;
+                    r.data_from = obs.seen[last]
+                        .iter()
+                        .enumerate()
+                        .skip(top.0 as usize + 1)
+                        .find(|(_, s)| s.kind() == Some(FileKind::Regular))
+                        .map(|(i, _)| i as u16);
+                }
                 let upper = t.layers.get(top.0 as usize).map(|l| l.role) == Some(Role::Upper);
                 if upper && explain::exists_elsewhere(&obs.seen, *top) {
                     let last = comps.len() - 1;
@@ -477,6 +610,21 @@ fn report(
              }| met_out(component, layer, enc.name()),
         )
         .collect();
+    for st in &w.steps {
+        let Some(res) = &st.resolved else { continue };
+        for &l in &res.dirs {
+            if let Some(Seen::Object {
+                redirect: Some(p), ..
+            }) = obs.seen[st.component].get(l.0 as usize)
+            {
+                r.renamed.push(RenamedOut {
+                    path: at(st.component),
+                    layer: l.0,
+                    redirect: show(p.as_bytes()),
+                });
+            }
+        }
+    }
     r.hides = explain::hidden(w, &obs.seen)
         .into_iter()
         .map(|h| HiddenOut {
@@ -582,6 +730,25 @@ pub fn render(r: &Report) -> String {
             if r.merged_from.len() > 1 {
                 let ls: Vec<String> = r.merged_from.iter().map(|l| l.to_string()).collect();
                 let _ = writeln!(o, "  merged from   layers {}", ls.join(", "));
+            }
+            if let Some(d) = r.data_from {
+                let _ = writeln!(
+                    o,
+                    "  data in       {} (a metadata-only copy: the data is copied up on first write)",
+                    label(d)
+                );
+            }
+            for x in &r.renamed {
+                let below = match x.redirect.starts_with('/') {
+                    true => x.redirect.clone(),
+                    false => format!("the name {} in its parent", x.redirect),
+                };
+                let _ = writeln!(
+                    o,
+                    "  renamed       {} in {}: the layers below hold it at {below} (overlay.redirect)",
+                    x.path,
+                    label(x.layer)
+                );
             }
         }
         (None, status) => {

@@ -15,7 +15,7 @@
 //! [`Outcome::Symlink`] and the caller restarts it on [`follow_symlink`]'s
 //! result, as the kernel's path walk would.
 
-use super::rules::{self, Probe, Resolved};
+use super::rules::{self, Place, Probe, Resolved};
 use super::types::LayerIdx;
 use crate::sys::FileKind;
 
@@ -86,6 +86,9 @@ pub enum Seen {
         kind: FileKind,
         /// For a directory: whether and how it is marked opaque.
         opaque: Option<OpaqueEnc>,
+        /// For a directory renamed by redirect: where the layers below
+        /// hold it (the observer has already looked there for them).
+        redirect: Option<Place>,
     },
 }
 
@@ -112,7 +115,10 @@ impl Seen {
 }
 
 /// Observations: `seen[component][layer]`, layers top first. Every row has
-/// one entry per layer of the stack.
+/// one entry per layer of the stack. Below a redirected directory a layer is
+/// observed at the redirect's place, not at the path's own names: the
+/// observer follows redirects, the walk only applies their effect on which
+/// layers take part (an absolute one continues in every layer below).
 pub type Observed = [Vec<Seen>];
 
 /// One lookup of the walk: component `component` looked up in its parent.
@@ -186,31 +192,29 @@ impl Walk {
 /// Replays the lookup of a path of `seen.len()` components through a stack
 /// of `layer_count` layers. The root merges every layer.
 pub fn walk(layer_count: usize, seen: &Observed) -> Walk {
-    let mut layers: Vec<LayerIdx> = (0..layer_count as u16).map(LayerIdx).collect();
+    let all: Vec<LayerIdx> = (0..layer_count as u16).map(LayerIdx).collect();
+    let mut layers = all.clone();
     let mut steps = Vec::with_capacity(seen.len());
     let get = |c: usize, l: LayerIdx| seen[c].get(l.0 as usize).unwrap_or(&Seen::Missing);
     for c in 0..seen.len() {
         let mut examined = Vec::new();
-        // Redirects of renamed directories are not replayed: the walk shows
-        // each layer at the path's own names.
         let resolved = rules::resolve(
             &layers,
-            &layers,
+            &all,
             b"",
             |l, _| {
                 examined.push(l);
                 Ok((get(c, l).probe(), None))
             },
             |l, _| {
-                Ok(rules::DirFacts {
-                    opaque: matches!(
-                        get(c, l),
-                        Seen::Object {
-                            opaque: Some(_),
-                            ..
-                        }
-                    ),
-                    redirect: None,
+                Ok(match get(c, l) {
+                    Seen::Object {
+                        opaque, redirect, ..
+                    } => rules::DirFacts {
+                        opaque: opaque.is_some(),
+                        redirect: redirect.clone(),
+                    },
+                    _ => rules::DirFacts::default(),
                 })
             },
         )
@@ -424,6 +428,7 @@ fn reason_at(st: &Step, layer: LayerIdx, seen: &Observed) -> Option<HideReason> 
             Seen::Object {
                 kind: FileKind::Dir,
                 opaque: Some(enc),
+                ..
             } => {
                 return Some(HideReason::Opaque {
                     layer: m,
@@ -434,6 +439,7 @@ fn reason_at(st: &Step, layer: LayerIdx, seen: &Observed) -> Option<HideReason> 
             Seen::Object {
                 kind: FileKind::Dir,
                 opaque: None,
+                ..
             }
             | Seen::Missing => {}
             Seen::Object { kind, .. } => {
@@ -519,24 +525,28 @@ mod tests {
         Seen::Object {
             kind: FileKind::Dir,
             opaque: None,
+            redirect: None,
         }
     }
     fn dop(enc: OpaqueEnc) -> Seen {
         Seen::Object {
             kind: FileKind::Dir,
             opaque: Some(enc),
+            redirect: None,
         }
     }
     fn f() -> Seen {
         Seen::Object {
             kind: FileKind::Regular,
             opaque: None,
+            redirect: None,
         }
     }
     fn ln() -> Seen {
         Seen::Object {
             kind: FileKind::Symlink,
             opaque: None,
+            redirect: None,
         }
     }
     fn wh() -> Seen {
@@ -550,6 +560,35 @@ mod tests {
     }
     fn ls(v: &[u16]) -> Vec<LayerIdx> {
         v.iter().copied().map(l).collect()
+    }
+
+    /// The observer looked for each layer where redirects above send it;
+    /// the walk lets an absolute redirect reach layers the parent's merge
+    /// does not have.
+    #[test]
+    fn walk_follows_redirects() {
+        let dr = |p: &[u8]| Seen::Object {
+            kind: FileKind::Dir,
+            opaque: None,
+            redirect: Some(rules::parse_redirect(p).unwrap()),
+        };
+        // /p/e renamed from /q/d: layer 1 has no /p at all.
+        let seen = vec![vec![d(), M, M], vec![dr(b"/q/d"), d(), M], vec![M, f(), M]];
+        let w = walk(3, &seen);
+        assert_eq!(
+            w.outcome,
+            Outcome::Found {
+                top: l(1),
+                kind: FileKind::Regular,
+                dirs: vec![]
+            }
+        );
+        assert_eq!(w.steps[1].resolved.as_ref().unwrap().dirs, ls(&[0, 1]));
+        // A relative redirect stays within the parent's merge.
+        let seen = vec![vec![d(), d(), M], vec![dr(b"d"), d(), d()], vec![M, M, f()]];
+        let w = walk(3, &seen);
+        assert_eq!(w.steps[1].resolved.as_ref().unwrap().dirs, ls(&[0, 1]));
+        assert_eq!(w.outcome, Outcome::Missing { component: 2 });
     }
 
     #[test]
