@@ -19,7 +19,7 @@ HELPERS="$SCRIPT_DIR/bench"
 
 # Workload groups. A group is what runs on one fresh mount; it records one or
 # more metrics. Order here is the order in the report.
-READ_GROUPS=(find lsR tar seqread randread)
+READ_GROUPS=(find lsR tar seqread randread pyimport)
 # not run by default (disk-bound; on a VM the host cache makes it noisy): seqread_cold
 WRITE_GROUPS=(copyup append chmod untar seqwrite randwrite git make)
 ALL_IMPLS=(native kernel fo1 fo2 layerfs)
@@ -32,7 +32,7 @@ Usage: scripts/bench.sh [options]
   --quick            smoke run (~2.5 min once the stack exists): 1 rep, smaller random I/O
   --write            also run the write workloads (mounts with upperdir/workdir)
   --only LIST        workload groups or metrics, comma-separated, e.g. find,lsR or lsR_cold
-                     read:  find lsR tar seqread randread (and seqread_cold, not in the default set)
+                     read:  find lsR tar seqread randread pyimport (and seqread_cold, not in the default set)
                      write: copyup append chmod untar(+rm) seqwrite randwrite git make
   --impls LIST       subset of: native,kernel,fo1,fo2,layerfs (default: all)
   --work DIR         scratch/cache dir (default /var/tmp/layerfs-bench, env LAYERFS_BENCH_WORK)
@@ -43,6 +43,8 @@ Usage: scripts/bench.sh [options]
   --rebuild-stack    throw the cached stack away and build it again
   --rootless         run every mount inside `unshare -Urm` (experimental; see the notes in the report)
   --keep             keep the run dir (logs, upper dirs) under WORK/runs
+  --run              also time container start-up (`layerfs run --rm IMAGE true`, scripts/bench-run.sh,
+                     as an unprivileged user) and append it to the report
   -h, --help         this help
 
 Environment: LAYERFS_BIN (default REPO/target/release/layerfs, built if missing),
@@ -60,7 +62,7 @@ EOF
 if [[ ${1:-} != __cell ]]; then
   export B_WORK=${LAYERFS_BENCH_WORK:-/var/tmp/layerfs-bench}
   export B_REPS="" B_QUICK=0 B_WRITE=0 B_ONLY="" B_IMPLS="" B_OUT="" B_TMO="" B_BUILD=1
-  export B_REBUILD=0 B_ROOTLESS=0 B_KEEP=0
+  export B_REBUILD=0 B_ROOTLESS=0 B_KEEP=0 B_RUNNER=0
   export B_SEED=20251123 B_BIG_MIB=1024
 fi
 STACK_VERSION=1
@@ -83,6 +85,7 @@ parse_args() {
       --rebuild-stack) B_REBUILD=1 ;;
       --rootless) B_ROOTLESS=1 ;;
       --keep) B_KEEP=1 ;;
+      --run) B_RUNNER=1 ;;
       -h|--help) usage; exit 0 ;;
       *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -107,6 +110,7 @@ group_of() {
     lsR|ls|lsR_cold|lsR_warm) echo lsR ;;
     tar) echo tar ;;
     seqread|seqread_cold|randread|copyup|append|chmod|seqwrite|randwrite|make) echo "$1" ;;
+    pyimport|pyimport_cold|pyimport_warm) echo pyimport ;;
     untar|rm) echo untar ;;
     git|gitstatus|git_status_1|git_status_2) echo git ;;
     *) return 1 ;;
@@ -120,6 +124,7 @@ metrics_of() { # the metrics a group records
     untar) echo untar rm ;;
     git) echo git_status_1 git_status_2 ;;
     make) echo make_j2 ;;
+    pyimport) echo pyimport_cold pyimport_warm ;;
     *) echo "$1" ;;
   esac
 }
@@ -297,7 +302,7 @@ locate_layerfs() {
 # ---------------------------------------------------------------------------
 stack_stamp() {
   local h
-  h=$(sha1sum "$HELPERS/mkstack.py" | cut -c1-12)
+  h=$(cat "$HELPERS/mkstack.py" "$HELPERS/mkpyimport.py" | sha1sum | cut -c1-12)
   echo "v$STACK_VERSION seed=$B_SEED big=${B_BIG_MIB}MiB gen=$h"
 }
 
@@ -311,6 +316,7 @@ build_stack() {
   rm -rf "$st"
   mkdir -p "$st"
   python3 "$HELPERS/mkstack.py" "$st" --seed "$B_SEED" --big-mib "$B_BIG_MIB" >"$B_LOGS/mkstack.log"
+  python3 "$HELPERS/mkpyimport.py" "$st" >>"$B_LOGS/mkstack.log"
   # native = the merged view, copied out of a kernel overlay mount
   local m=$B_RUN/mnt/stack
   mkdir -p "$m" "$st/native"
@@ -507,7 +513,7 @@ run_cell() {
   t1=$(now_us)
   [[ $group == find && $impl != native ]] && record "$rep" "$impl" mount time $((t1 - t0)) 0 ok
   case $group in
-    find|lsR|seqread_cold|copyup|append|chmod|untar|seqwrite|randwrite|git|make) drop_caches ;;
+    find|lsR|seqread_cold|copyup|append|chmod|untar|seqwrite|randwrite|git|make|pyimport) drop_caches ;;
   esac
 
   case $group in
@@ -552,6 +558,12 @@ run_cell() {
       timed "$rep" "$impl" git_status_2 time 0 "${GIT[@]}" -C "$M/src/repo" status --porcelain ;;
     make)
       timed "$rep" "$impl" make_j2 time 0 make -s -j2 -C "$M/src/proj" ;;
+    pyimport)
+      # 500 modules of a package in the stack, from their bytecode (python3 -B never
+      # writes into the mount); the interpreter and its stdlib come from the host.
+      local py='import sys; sys.path.insert(0, sys.argv[1] + "/usr/lib/python3/dist-packages"); import benchimp.all'
+      timed "$rep" "$impl" pyimport_cold time 0 python3 -B -S -c "$py" "$M"
+      timed "$rep" "$impl" pyimport_warm time 0 python3 -B -S -c "$py" "$M" ;;
   esac
 
   if [[ -n $DPID ]] && [[ -r /proc/$DPID/status ]]; then
@@ -738,6 +750,22 @@ main() {
   mkdir -p "$B_WORK/results"
   cp "$B_RESULTS" "$B_WORK/results/$(basename "$B_RUN").results.tsv"
   cp "$B_META" "$B_WORK/results/$(basename "$B_RUN").meta.tsv"
+  if ((B_RUNNER)) && [[ -n $out ]]; then
+    log "container start-up (scripts/bench-run.sh 21)"
+    local runs
+    command -v bwrap >/dev/null || { ((EUID == 0)) && apt-get install -y -qq bubblewrap >>"$B_LOGS/install.log" 2>&1; } || true
+    if runs=$("$SCRIPT_DIR/bench-run.sh" 21 2>>"$B_LOGS/bench-run.log"); then
+      {
+        printf '\n## Container start-up\n\n'
+        printf 'Median wall time of `layerfs run --rm IMAGE true` (mount, user+mount+pid namespaces, exec,\n'
+        printf 'exit, unmount, record removed) and of bubblewrap on the same extracted root filesystem, from\n'
+        printf '`scripts/bench-run.sh 21`, in the same session:\n\n'
+        printf '```\n%s\n```\n' "$runs"
+      } >>"$out"
+    else
+      log "  bench-run.sh failed, see $B_LOGS/bench-run.log"
+    fi
+  fi
   [[ -n $out ]] && log "report written to $out"
   log "raw results: $B_WORK/results/$(basename "$B_RUN").results.tsv"
 }

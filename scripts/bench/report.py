@@ -30,6 +30,8 @@ METRICS = [
     ("seqread", "seq read 1 GiB (dd 1M), lower in page cache", "MiB/s"),
     ("seqread_cold", "seq read 1 GiB (dd 1M), cold (disk-bound)", "MiB/s"),
     ("randread", "4k random read (fio psync, 1 job), lower in page cache", "IOPS"),
+    ("pyimport_cold", "Python: import 500 modules (bytecode) from the mount, cold", "s"),
+    ("pyimport_warm", "Python: import 500 modules (bytecode) from the mount, warm", "s"),
     ("copyup", "copy-up: append 1 byte to 2,000 small lower files", "s"),
     ("append", "append 1 byte to the 1 GiB lower file", "s"),
     ("chmod", "`chmod -R g+w` over a lower tree (usr/include)", "s"),
