@@ -74,15 +74,11 @@ use crate::sys::{self, FileKind, Stat};
 /// Paths (relative to the layer root) the runner injects; never committed.
 pub const RUNNER_INJECTED: [&str; 3] = ["etc/resolv.conf", "etc/hosts", "etc/hostname"];
 
-/// Xattr name prefixes that are the overlay's metadata, not the file's.
-const OVERLAY_XATTRS: [&str; 6] = [
-    "trusted.overlay.",
-    "trusted.layerfs.",
-    "user.overlay.",
-    "user.fuseoverlayfs.",
-    "user.layerfs.",
-    "user.containers.override_stat",
-];
+/// The overlay's metadata, not the file's: never written into a layer.
+fn is_overlay_xattr(name: &str) -> bool {
+    crate::overlay::fs::is_internal_xattr(name.as_bytes())
+        || name.starts_with(extract::OVERRIDE_STAT)
+}
 
 /// Why a commit failed; variants name the path and the cause.
 #[derive(Debug)]
@@ -495,7 +491,7 @@ impl<W: Write> LayerWriter<W> {
     ) -> Result<(), CommitError> {
         let mut xattrs = lxattrs(path).map_err(Self::upper_err(path))?;
         let owner = match xattrs
-            .get("user.containers.override_stat")
+            .get(extract::OVERRIDE_STAT)
             .and_then(|v| parse_override(v))
         {
             Some((uid, gid, mode)) => Owner { uid, gid, mode },
@@ -509,7 +505,7 @@ impl<W: Write> LayerWriter<W> {
         let opaque = ft.is_dir() && is_opaque(&xattrs);
         let redirect = ft.is_dir() && has_any(&xattrs, &rules::REDIRECT_XATTRS);
         let metacopy = ft.is_file() && has_any(&xattrs, &rules::METACOPY_XATTRS);
-        xattrs.retain(|k, _| !OVERLAY_XATTRS.iter().any(|p| k.starts_with(p)));
+        xattrs.retain(|k, _| !is_overlay_xattr(k));
         let mut h = Self::header(&owner, md.mtime());
         self.pax(&xattrs, name)?;
         self.stats.entries += 1;

@@ -273,6 +273,10 @@ pub fn classify(name: &[u8]) -> Result<NameKind, &'static str> {
     }
 }
 
+/// containers/storage's record of a rootless file's real owner and mode: the
+/// overlay's metadata too, though outside the overlay's own prefixes.
+pub const OVERRIDE_STAT: &str = "user.containers.override_stat";
+
 /// What to do with an xattr from the archive.
 #[derive(Debug, PartialEq, Eq)]
 pub enum XattrVerdict {
@@ -283,15 +287,11 @@ pub enum XattrVerdict {
 /// The xattr policy: namespaces that would change how the overlay reads the
 /// layer, or that need privileges, are dropped.
 pub fn xattr_policy(name: &str, privileged: bool) -> XattrVerdict {
-    const OURS: &[&str] = &[
-        "user.overlay.",
-        "user.fuseoverlayfs.",
-        "user.layerfs.",
-        "user.containers.override_stat",
-    ];
     if name.starts_with("trusted.") {
         XattrVerdict::Drop("trusted.* is privileged and holds overlay metadata")
-    } else if OURS.iter().any(|p| name.starts_with(p)) {
+    } else if crate::overlay::fs::is_internal_xattr(name.as_bytes())
+        || name.starts_with(OVERRIDE_STAT)
+    {
         XattrVerdict::Drop("reserved for overlay metadata")
     } else if name.starts_with("security.") {
         if privileged {
