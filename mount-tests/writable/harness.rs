@@ -3,6 +3,7 @@
 //! comparisons of merged trees, upper directories and work directories.
 //!
 //! Environment (besides common's):
+//! - `LAYERFS_TEST_OPTS=a,b`: extra `-o` options for every layerfs mount (`writeback=on`).
 //! - `LAYERFS_WT_SELFTEST=1`: mount kernel overlayfs on BOTH sides (validates the tests
 //!   themselves; layerfs-only checks and the crash test are skipped).
 #![allow(dead_code)]
@@ -130,6 +131,32 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Options added to every layerfs mount from `LAYERFS_TEST_OPTS` (comma-separated, e.g.
+/// `writeback=on`): the same tests then run in another cache mode.
+fn with_test_opts(opts: String) -> String {
+    match std::env::var("LAYERFS_TEST_OPTS") {
+        Ok(x) if !x.is_empty() => format!("{opts},{x}"),
+        _ => opts,
+    }
+}
+
+/// True when the layerfs mounts of this run use the kernel's writeback cache: asked for with
+/// `LAYERFS_TEST_OPTS=writeback=on`, or by default where there is no passthrough (in a user
+/// namespace).
+pub fn writeback_mode() -> bool {
+    let opts = std::env::var("LAYERFS_TEST_OPTS").unwrap_or_default();
+    let asked = |v: &str| opts.split(',').any(|o| o == format!("writeback={v}"));
+    under_test() == Impl::Layerfs
+        && (asked("on") || asked("1") || (rootless() && !asked("off") && !asked("0")))
+}
+
+/// True inside a user namespace other than the initial one (`unshare -Urm`).
+pub fn rootless() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
+
 fn overlay_opts(lowers: &[PathBuf], upper_work: Option<(&Path, &Path)>, extra: &[&str]) -> String {
     let mut opts = format!("lowerdir={}", join_lowers(lowers));
     if let Some((u, w)) = upper_work {
@@ -202,7 +229,7 @@ pub fn mount_layerfs(
 ) -> Result<Mnt, String> {
     fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
     let target = fs::canonicalize(target).map_err(|e| e.to_string())?;
-    let opts = overlay_opts(lowers, upper_work, extra);
+    let opts = with_test_opts(overlay_opts(lowers, upper_work, extra));
     let out = common::run_layerfs(
         &[OsStr::new("-o"), OsStr::new(&opts), target.as_os_str()],
         Duration::from_secs(60),
@@ -240,7 +267,7 @@ pub fn mount_layerfs_foreground(
     fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
     let target = fs::canonicalize(target).map_err(|e| e.to_string())?;
     let bin = common::layerfs_bin().ok_or("no layerfs binary")?;
-    let opts = overlay_opts(lowers, upper_work, &[]);
+    let opts = with_test_opts(overlay_opts(lowers, upper_work, &[]));
     let logf = fs::OpenOptions::new()
         .create(true)
         .append(true)

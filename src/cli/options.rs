@@ -45,6 +45,8 @@ pub struct MountOptions {
     pub timeout: Option<std::time::Duration>,
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
+    /// `writeback=`: the kernel's writeback cache (`None`: automatic).
+    pub writeback: Option<bool>,
     pub readdirplus: Option<bool>,
     /// Report nlink 1 for every directory.
     pub static_nlink: bool,
@@ -424,7 +426,11 @@ impl MountOptions {
                 Ok(())
             }
             // fuse-overlayfs tuning knobs whose job layerfs does by design.
-            ("fast_ino", Some(_)) | ("writeback", Some(_)) => Ok(()),
+            ("writeback", Some(v)) => {
+                self.writeback = Some(parse_bool(key, v)?);
+                Ok(())
+            }
+            ("fast_ino", Some(_)) => Ok(()),
             (k, _) if IGNORED.contains(&k) => Ok(()),
             _ => {
                 let with_eq = format!("{key}=");
