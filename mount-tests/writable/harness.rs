@@ -180,6 +180,11 @@ pub fn mount_kernel(
     upper_work: Option<(&Path, &Path)>,
     target: &Path,
 ) -> Result<Mnt, String> {
+    if rootless() {
+        // In a user namespace the kernel takes its xattrs from user.overlay.* and has no
+        // redirects (they need trusted xattrs).
+        return mount_kernel_opts(lowers, upper_work, target, &["userxattr"]);
+    }
     mount_kernel_opts(lowers, upper_work, target, &["redirect_dir=on"])
 }
 
@@ -555,12 +560,20 @@ pub fn compare_merged(a: &Path, b: &Path) -> Vec<String> {
     common::diff_scans(&sa, &sb, &opts)
 }
 
+/// The namespace of overlay xattrs here: `user.` in a user namespace (kernel `userxattr`).
+fn overlay_xattr(name: &str) -> String {
+    match rootless() {
+        true => format!("user.overlay.{name}"),
+        false => format!("trusted.overlay.{name}"),
+    }
+}
+
 pub fn opaque_of(p: &Path) -> Option<Vec<u8>> {
-    common::lgetxattr(p, OsStr::new("trusted.overlay.opaque")).ok()
+    common::lgetxattr(p, OsStr::new(&overlay_xattr("opaque"))).ok()
 }
 
 pub fn redirect_of(p: &Path) -> Option<Vec<u8>> {
-    common::lgetxattr(p, OsStr::new("trusted.overlay.redirect")).ok()
+    common::lgetxattr(p, OsStr::new(&overlay_xattr("redirect"))).ok()
 }
 
 /// Compares two upper directories (after unmount): the same entries with the same types;
@@ -689,7 +702,12 @@ pub fn compare_uppers(a: &Path, b: &Path, lowers: &[PathBuf]) -> Vec<String> {
                     x.uid, x.gid, y.uid, y.gid
                 ));
             }
-            if x.xattrs != y.xattrs {
+            // layerfs's own bookkeeping (user.layerfs.* where it cannot use trusted.*, in a
+            // user namespace) is not part of the layer's content.
+            let own = |k: &&std::ffi::OsString| !k.as_bytes().starts_with(b"user.layerfs.");
+            let xa: Vec<_> = x.xattrs.iter().filter(|(k, _)| own(k)).collect();
+            let ya: Vec<_> = y.xattrs.iter().filter(|(k, _)| own(k)).collect();
+            if xa != ya {
                 out.push(format!(
                     "{p}: user xattrs {:?} vs {:?}",
                     x.xattrs.keys().collect::<Vec<_>>(),
