@@ -15,6 +15,13 @@
 //! Kernel caches: [`KernelCache`] tells the kernel to drop entries,
 //! attributes and data it caches for long (see `layerfs refresh`).
 //!
+//! Cache mode ([`CacheMode`], chosen once in `init`): passthrough where the
+//! kernel offers it and we are root in the initial user namespace; else, on
+//! writable mounts, the kernel's writeback cache (the overlay then opens
+//! layer files readable and without O_APPEND, and SEEK_DATA/SEEK_HOLE get
+//! ENOSYS: the kernel does not flush its dirty pages before LSEEK); else
+//! write-through. Reads through the daemon use one reused buffer per thread.
+//!
 //! Passthrough: all opens of one inode must share one backing file while any
 //! of them is open (the kernel answers EIO otherwise), so backing ids are kept
 //! per inode with an open count in `backing`. The map entry's guard is held
