@@ -564,6 +564,20 @@ mod tests {
     }
 
     #[test]
+    fn writeback_option() {
+        let mut o = MountOptions::default();
+        assert_eq!(o.writeback, None);
+        for (v, want) in [("on", true), ("1", true), ("off", false), ("0", false)] {
+            o.apply(&format!("writeback={v}")).unwrap();
+            assert_eq!(o.writeback, Some(want), "writeback={v}");
+        }
+        assert!(matches!(
+            o.apply("writeback=maybe"),
+            Err(OptionError::BadValue { .. })
+        ));
+    }
+
+    #[test]
     fn options_table() {
         let mut o = MountOptions::default();
         o.apply("rw,lowerdir=/a:/b,upperdir=/u,workdir=/w,dev,suid")
