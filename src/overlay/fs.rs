@@ -311,7 +311,14 @@ impl Overlay {
     /// write-only (to fill a partly written page) and decides where an
     /// append goes (from the size it knows; a layer file opened O_APPEND
     /// would put every write at its own end instead of that offset).
+    ///
+    /// O_DIRECT never reaches a layer file: the kernel already bypasses the
+    /// mount's page cache for it, and on the layer file it would fail every
+    /// request through the daemon (whose buffers are not aligned) and, on a
+    /// passthrough backing file shared by all opens of an inode, the
+    /// buffered reads of the other opens.
     pub(super) fn layer_open_flags(&self, flags: i32) -> i32 {
+        let flags = flags & !libc::O_DIRECT;
         if !self.kernel_writeback.load(Ordering::Relaxed) {
             return flags;
         }
@@ -1133,11 +1140,14 @@ impl Overlay {
             | libc::O_DSYNC
             | libc::O_TRUNC;
         let wanted = (flags & keep) | libc::O_NOFOLLOW;
-        let fd = match sys::openat(loc.fd.as_fd(), &loc.name, self.layer_open_flags(wanted), 0) {
+        let f = self.layer_open_flags(wanted);
+        let fd = match sys::openat(loc.fd.as_fd(), &loc.name, f, 0) {
             // A write-only file the daemon may not read (no root here):
-            // as asked, and the kernel's reads of partial pages fail.
-            Err(Errno::EACCES) if self.layer_open_flags(wanted) != wanted => {
-                sys::openat(loc.fd.as_fd(), &loc.name, wanted & !libc::O_APPEND, 0)?
+            // write-only as asked, and the kernel's reads of partial pages
+            // fail.
+            Err(Errno::EACCES) if f & libc::O_ACCMODE != wanted & libc::O_ACCMODE => {
+                let wo = (f & !libc::O_ACCMODE) | libc::O_WRONLY;
+                sys::openat(loc.fd.as_fd(), &loc.name, wo, 0)?
             }
             r => r?,
         };
