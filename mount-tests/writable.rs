@@ -9,11 +9,19 @@
 //!   O_APPEND, shared mmap, rename rules, permissions as uid 1000.
 //! - writable/semantics.rs (issue 8): lower-directory renames by redirect, open files across
 //!   copy-up, lower hard links across copy-up and remount (kernel with index=on).
+//! - writable/cache.rs (issue 7): writeback-cache semantics (write-only partial pages, appends,
+//!   truncate, mtime, SEEK_DATA/SEEK_HOLE, dirty files renamed or unlinked and their names
+//!   reused); meant to run with `LAYERFS_TEST_OPTS=writeback=on` and rootless
+//!   (scripts/test-rootless.sh).
 //! - `crash_safety_kill_9` (writable/crash.rs): SIGKILL of the daemon during heavy copy-up.
 //!
-//! Needs root and /dev/fuse (else "skipped", unless LAYERFS_REQUIRE_MOUNT_TESTS=1).
+//! Needs root and /dev/fuse (else "skipped", unless LAYERFS_REQUIRE_MOUNT_TESTS=1). Inside
+//! `unshare -Urm` the kernel side mounts with `userxattr` (no redirects there): only the tests
+//! scripts/test-rootless.sh picks make sense.
 //! `LAYERFS_WT_SELFTEST=1` mounts the kernel on both sides (validates the tests themselves).
 
+#[path = "writable/cache.rs"]
+mod cache;
 mod common;
 #[path = "writable/crash.rs"]
 mod crash;

@@ -3,6 +3,7 @@
 //! comparisons of merged trees, upper directories and work directories.
 //!
 //! Environment (besides common's):
+//! - `LAYERFS_TEST_OPTS=a,b`: extra `-o` options for every layerfs mount (`writeback=on`).
 //! - `LAYERFS_WT_SELFTEST=1`: mount kernel overlayfs on BOTH sides (validates the tests
 //!   themselves; layerfs-only checks and the crash test are skipped).
 #![allow(dead_code)]
@@ -130,6 +131,32 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Options added to every layerfs mount from `LAYERFS_TEST_OPTS` (comma-separated, e.g.
+/// `writeback=on`): the same tests then run in another cache mode.
+fn with_test_opts(opts: String) -> String {
+    match std::env::var("LAYERFS_TEST_OPTS") {
+        Ok(x) if !x.is_empty() => format!("{opts},{x}"),
+        _ => opts,
+    }
+}
+
+/// True when the layerfs mounts of this run use the kernel's writeback cache: asked for with
+/// `LAYERFS_TEST_OPTS=writeback=on`, or by default where there is no passthrough (in a user
+/// namespace).
+pub fn writeback_mode() -> bool {
+    let opts = std::env::var("LAYERFS_TEST_OPTS").unwrap_or_default();
+    let asked = |v: &str| opts.split(',').any(|o| o == format!("writeback={v}"));
+    under_test() == Impl::Layerfs
+        && (asked("on") || asked("1") || (rootless() && !asked("off") && !asked("0")))
+}
+
+/// True inside a user namespace other than the initial one (`unshare -Urm`).
+pub fn rootless() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
+
 fn overlay_opts(lowers: &[PathBuf], upper_work: Option<(&Path, &Path)>, extra: &[&str]) -> String {
     let mut opts = format!("lowerdir={}", join_lowers(lowers));
     if let Some((u, w)) = upper_work {
@@ -153,6 +180,11 @@ pub fn mount_kernel(
     upper_work: Option<(&Path, &Path)>,
     target: &Path,
 ) -> Result<Mnt, String> {
+    if rootless() {
+        // In a user namespace the kernel takes its xattrs from user.overlay.* and has no
+        // redirects (they need trusted xattrs).
+        return mount_kernel_opts(lowers, upper_work, target, &["userxattr"]);
+    }
     mount_kernel_opts(lowers, upper_work, target, &["redirect_dir=on"])
 }
 
@@ -202,7 +234,7 @@ pub fn mount_layerfs(
 ) -> Result<Mnt, String> {
     fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
     let target = fs::canonicalize(target).map_err(|e| e.to_string())?;
-    let opts = overlay_opts(lowers, upper_work, extra);
+    let opts = with_test_opts(overlay_opts(lowers, upper_work, extra));
     let out = common::run_layerfs(
         &[OsStr::new("-o"), OsStr::new(&opts), target.as_os_str()],
         Duration::from_secs(60),
@@ -240,7 +272,7 @@ pub fn mount_layerfs_foreground(
     fs::create_dir_all(target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
     let target = fs::canonicalize(target).map_err(|e| e.to_string())?;
     let bin = common::layerfs_bin().ok_or("no layerfs binary")?;
-    let opts = overlay_opts(lowers, upper_work, &[]);
+    let opts = with_test_opts(overlay_opts(lowers, upper_work, &[]));
     let logf = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -528,12 +560,20 @@ pub fn compare_merged(a: &Path, b: &Path) -> Vec<String> {
     common::diff_scans(&sa, &sb, &opts)
 }
 
+/// The namespace of overlay xattrs here: `user.` in a user namespace (kernel `userxattr`).
+fn overlay_xattr(name: &str) -> String {
+    match rootless() {
+        true => format!("user.overlay.{name}"),
+        false => format!("trusted.overlay.{name}"),
+    }
+}
+
 pub fn opaque_of(p: &Path) -> Option<Vec<u8>> {
-    common::lgetxattr(p, OsStr::new("trusted.overlay.opaque")).ok()
+    common::lgetxattr(p, OsStr::new(&overlay_xattr("opaque"))).ok()
 }
 
 pub fn redirect_of(p: &Path) -> Option<Vec<u8>> {
-    common::lgetxattr(p, OsStr::new("trusted.overlay.redirect")).ok()
+    common::lgetxattr(p, OsStr::new(&overlay_xattr("redirect"))).ok()
 }
 
 /// Compares two upper directories (after unmount): the same entries with the same types;
@@ -662,7 +702,12 @@ pub fn compare_uppers(a: &Path, b: &Path, lowers: &[PathBuf]) -> Vec<String> {
                     x.uid, x.gid, y.uid, y.gid
                 ));
             }
-            if x.xattrs != y.xattrs {
+            // layerfs's own bookkeeping (user.layerfs.* where it cannot use trusted.*, in a
+            // user namespace) is not part of the layer's content.
+            let own = |k: &&std::ffi::OsString| !k.as_bytes().starts_with(b"user.layerfs.");
+            let xa: Vec<_> = x.xattrs.iter().filter(|(k, _)| own(k)).collect();
+            let ya: Vec<_> = y.xattrs.iter().filter(|(k, _)| own(k)).collect();
+            if xa != ya {
                 out.push(format!(
                     "{p}: user xattrs {:?} vs {:?}",
                     x.xattrs.keys().collect::<Vec<_>>(),

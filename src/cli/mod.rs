@@ -51,7 +51,12 @@ MOUNT OPTIONS:
                           device 0/0 when allowed, else .wh.NAME files)
   timeout=SECONDS         how long the kernel caches names and attributes (86400)
   threads=N, threaded=0|1 request-serving threads (4)
-  passthrough=on|off      FUSE passthrough for open files (on when root)
+  passthrough=on|off      FUSE passthrough for open files (on when root in the
+                          initial user namespace and the kernel offers it)
+  writeback=on|off        the kernel's writeback cache for writable mounts (on
+                          when there is no passthrough, e.g. rootless): writes
+                          are cached and sent in big batches; on also gives
+                          up passthrough for it
   readdirplus=on|off      attributes with listings (off): on saves a LOOKUP per
                           entry for ls -l, but reads every inode even for find
   static_nlink            report nlink 1 for every directory
@@ -70,7 +75,7 @@ MOUNT OPTIONS:
   dirsync, allow_other, allow_root, default_permissions, fsname=NAME, subtype=NAME
                           generic FUSE/mount options (defaults: nodev, nosuid;
                           as root also allow_other and default_permissions)
-  fast_ino=, writeback=, noacl, relatime and other mount(8) generic options
+  fast_ino=, noacl, relatime and other mount(8) generic options
                           accepted and ignored
 
   Not implemented yet (accepted by fuse-overlayfs; layerfs refuses them):

@@ -340,7 +340,12 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
         fuse.readdirplus = r;
     }
     fuse.idmap = o.idmap((overflow_id("uid"), overflow_id("gid")));
-    fuse.passthrough = o.passthrough.unwrap_or(true) && root && sys::in_initial_userns();
+    // The kernel refuses passthrough once writeback is negotiated.
+    fuse.writeback = o.writeback;
+    fuse.passthrough = o.passthrough.unwrap_or(true)
+        && o.writeback != Some(true)
+        && root
+        && sys::in_initial_userns();
     Ok(Prepared {
         overlay,
         mountpoint,

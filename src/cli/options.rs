@@ -45,6 +45,8 @@ pub struct MountOptions {
     pub timeout: Option<std::time::Duration>,
     pub threads: Option<usize>,
     pub passthrough: Option<bool>,
+    /// `writeback=`: the kernel's writeback cache (`None`: automatic).
+    pub writeback: Option<bool>,
     pub readdirplus: Option<bool>,
     /// Report nlink 1 for every directory.
     pub static_nlink: bool,
@@ -424,7 +426,11 @@ impl MountOptions {
                 Ok(())
             }
             // fuse-overlayfs tuning knobs whose job layerfs does by design.
-            ("fast_ino", Some(_)) | ("writeback", Some(_)) => Ok(()),
+            ("writeback", Some(v)) => {
+                self.writeback = Some(parse_bool(key, v)?);
+                Ok(())
+            }
+            ("fast_ino", Some(_)) => Ok(()),
             (k, _) if IGNORED.contains(&k) => Ok(()),
             _ => {
                 let with_eq = format!("{key}=");
@@ -555,6 +561,20 @@ mod tests {
         }
         assert_eq!(split_lowerdir("a\\:b:c"), s(&["a:b", "c"]));
         assert_eq!(split_lowerdir("/x\\\\y:z"), s(&["/x\\y", "z"]));
+    }
+
+    #[test]
+    fn writeback_option() {
+        let mut o = MountOptions::default();
+        assert_eq!(o.writeback, None);
+        for (v, want) in [("on", true), ("1", true), ("off", false), ("0", false)] {
+            o.apply(&format!("writeback={v}")).unwrap();
+            assert_eq!(o.writeback, Some(want), "writeback={v}");
+        }
+        assert!(matches!(
+            o.apply("writeback=maybe"),
+            Err(OptionError::BadValue { .. })
+        ));
     }
 
     #[test]

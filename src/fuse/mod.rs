@@ -15,6 +15,13 @@
 //! Kernel caches: [`KernelCache`] tells the kernel to drop entries,
 //! attributes and data it caches for long (see `layerfs refresh`).
 //!
+//! Cache mode ([`CacheMode`], chosen once in `init`): passthrough where the
+//! kernel offers it and we are root in the initial user namespace; else, on
+//! writable mounts, the kernel's writeback cache (the overlay then opens
+//! layer files readable and without O_APPEND, and SEEK_DATA/SEEK_HOLE get
+//! ENOSYS: the kernel does not flush its dirty pages before LSEEK); else
+//! write-through. Reads through the daemon use one reused buffer per thread.
+//!
 //! Passthrough: all opens of one inode must share one backing file while any
 //! of them is open (the kernel answers EIO otherwise), so backing ids are kept
 //! per inode with an open count in `backing`. The map entry's guard is held
@@ -50,6 +57,10 @@ pub struct FuseOptions {
     pub timeout: Duration,
     /// Try FUSE passthrough for open files (needs privileges).
     pub passthrough: bool,
+    /// The kernel's writeback cache on writable mounts: `None` lets the
+    /// mount decide (on where there is no passthrough), `Some(true)` also
+    /// gives up passthrough for it, `Some(false)` never.
+    pub writeback: Option<bool>,
     /// Reader threads.
     pub threads: usize,
     /// Answer READDIRPLUS (attributes with listings).
@@ -65,12 +76,41 @@ impl Default for FuseOptions {
         FuseOptions {
             timeout: Duration::from_secs(86400),
             passthrough: true,
+            writeback: None,
             threads: 4,
             readdirplus: false,
             selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
             idmap: IdMap::default(),
         }
     }
+}
+
+/// How file data is cached, chosen when the kernel connects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheMode {
+    /// The kernel reads and writes the layer files itself.
+    Passthrough,
+    /// Data goes through the daemon; the kernel caches writes and owns the
+    /// size and times of open files until it flushes them.
+    Writeback,
+    /// Data goes through the daemon; writes go straight through.
+    WriteThrough,
+}
+
+impl std::fmt::Display for CacheMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CacheMode::Passthrough => "passthrough",
+            CacheMode::Writeback => "writeback cache",
+            CacheMode::WriteThrough => "write-through",
+        })
+    }
+}
+
+thread_local! {
+    /// Each reader thread's buffer for READ replies: reused, so a read
+    /// costs no allocation (and no page faults on fresh memory).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A passthrough backing file shared by every open of one inode.
@@ -86,6 +126,8 @@ pub struct LayerFs {
     ov: Arc<Overlay>,
     opts: FuseOptions,
     passthrough: AtomicBool,
+    /// Set once in `init`.
+    mode: CacheMode,
     backing: DashMap<Ino, Backing>,
     /// Open handles that use a passthrough backing file, by handle.
     pt_handles: DashMap<u64, Ino>,
@@ -104,6 +146,7 @@ impl LayerFs {
             ov,
             opts,
             passthrough,
+            mode: CacheMode::WriteThrough,
             backing: DashMap::new(),
             pt_handles: DashMap::new(),
             plain_handles: DashMap::new(),
@@ -344,15 +387,47 @@ impl fuser::Filesystem for LayerFs {
                 }
             }
         }
-        if self.passthrough.load(Ordering::Relaxed) {
-            if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
-                let _ = config.set_max_stack_depth(1);
-            } else {
+        // Passthrough where allowed (root in the initial user namespace,
+        // which `FuseOptions::passthrough` already says) and offered; the
+        // writeback cache otherwise, for writable mounts: the kernel refuses
+        // passthrough once writeback is negotiated.
+        let wants_pt =
+            self.passthrough.load(Ordering::Relaxed) && self.opts.writeback != Some(true);
+        self.mode = if wants_pt && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+            let _ = config.set_max_stack_depth(1);
+            CacheMode::Passthrough
+        } else {
+            if wants_pt {
                 info!("kernel does not offer passthrough");
-                self.passthrough.store(false, Ordering::Relaxed);
             }
+            self.passthrough.store(false, Ordering::Relaxed);
+            if self.ov.writable()
+                && self.opts.writeback != Some(false)
+                && config
+                    .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                    .is_ok()
+            {
+                CacheMode::Writeback
+            } else {
+                CacheMode::WriteThrough
+            }
+        };
+        self.ov
+            .set_kernel_writeback(self.mode == CacheMode::Writeback);
+        // Big reads: fewer round trips. The kernel caps the window (its own
+        // readahead size); writes are already as big as it allows.
+        if let Err(max) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(max);
         }
-        let _ = config.set_max_readahead(1 << 20);
+        // Readahead and writeback requests in flight at once (the kernel's
+        // default is 12): enough to keep every reader thread busy.
+        let _ = config.set_max_background(64);
+        info!(
+            "cache mode: {} ({} threads, entry/attr timeout {:?})",
+            self.mode,
+            self.opts.threads.max(1),
+            self.opts.timeout
+        );
         Ok(())
     }
 
@@ -407,10 +482,10 @@ impl fuser::Filesystem for LayerFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.ov.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+        READ_BUF.with_borrow_mut(|buf| match self.ov.read(fh.0, offset, size, buf) {
+            Ok(()) => reply.data(buf),
             Err(e) => reply.error(ferr(e)),
-        }
+        });
     }
 
     fn flush(
@@ -793,6 +868,15 @@ impl fuser::Filesystem for LayerFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        // With the writeback cache, data may still sit in the kernel's page
+        // cache (which does not flush before LSEEK): the layer file would
+        // show holes where it is. ENOSYS makes the kernel answer from its
+        // own size for good (all data, no hole), which is always right.
+        if self.mode == CacheMode::Writeback
+            && (whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE)
+        {
+            return reply.error(FErrno::ENOSYS);
+        }
         match self.ov.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(ferr(e)),

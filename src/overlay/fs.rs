@@ -24,7 +24,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -224,6 +224,9 @@ pub struct Overlay {
     /// Last attributes of files whose every name was removed while the
     /// kernel still holds them (open descriptors), until forgotten.
     orphans: DashMap<Ino, Stat>,
+    /// The kernel caches writes (FUSE writeback cache): it reads pages of
+    /// files opened write-only and places appends itself.
+    kernel_writeback: AtomicBool,
     /// The writable side; `None` for a read-only mount.
     pub(super) upper: Option<super::write::Upper>,
     /// Counters for `layerfs stats` (see `stats.rs`).
@@ -286,6 +289,7 @@ impl Overlay {
             next_fh: AtomicU64::new(1),
             origins: DashMap::new(),
             orphans: DashMap::new(),
+            kernel_writeback: AtomicBool::new(false),
             upper,
             counters: Default::default(),
             tracer: std::sync::OnceLock::new(),
@@ -294,6 +298,35 @@ impl Overlay {
 
     pub fn stack(&self) -> &Stack {
         &self.stack
+    }
+
+    /// Tells the overlay that the kernel caches writes (decided when the
+    /// kernel connects, before any open).
+    pub fn set_kernel_writeback(&self, on: bool) {
+        self.kernel_writeback.store(on, Ordering::Relaxed);
+    }
+
+    /// The flags a layer file is opened with for an open with `flags`. With
+    /// the writeback cache the kernel reads pages of a file opened
+    /// write-only (to fill a partly written page) and decides where an
+    /// append goes (from the size it knows; a layer file opened O_APPEND
+    /// would put every write at its own end instead of that offset).
+    ///
+    /// O_DIRECT never reaches a layer file: the kernel already bypasses the
+    /// mount's page cache for it, and on the layer file it would fail every
+    /// request through the daemon (whose buffers are not aligned) and, on a
+    /// passthrough backing file shared by all opens of an inode, the
+    /// buffered reads of the other opens.
+    pub(super) fn layer_open_flags(&self, flags: i32) -> i32 {
+        let flags = flags & !libc::O_DIRECT;
+        if !self.kernel_writeback.load(Ordering::Relaxed) {
+            return flags;
+        }
+        let mut f = flags & !libc::O_APPEND;
+        if f & libc::O_ACCMODE == libc::O_WRONLY {
+            f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        f
     }
 
     pub fn writable(&self) -> bool {
@@ -987,8 +1020,34 @@ impl Overlay {
         self.getattr(ino)
     }
 
+    /// True if every name of upper-layer object `ino` was removed: its node
+    /// still carries the last one, which another object may have taken
+    /// since. (A lower object stays where it was: its name is still it.)
+    pub(super) fn is_orphan(&self, ino: Ino) -> bool {
+        self.upper.is_some()
+            && self.orphans.contains_key(&ino)
+            && self
+                .nodes
+                .get(&ino)
+                .is_some_and(|n| n.layers.first() == Some(&LayerIdx(0)))
+    }
+
     /// The attributes of `ino`.
     pub fn getattr(&self, ino: Ino) -> SysResult<Stat> {
+        if self.is_orphan(ino)
+            && let Some(orphan) = self.orphans.get(&ino).map(|s| *s)
+        {
+            // Not by its old name: that may be another file's by now.
+            return match self.open_upper_fd(ino) {
+                Some(fd) => {
+                    let mut st = sys::fstat(fd.as_fd())?;
+                    self.adjust_nlink_fd(&mut st, &fd);
+                    st.ino = ino.0;
+                    Ok(st)
+                }
+                None => Ok(orphan),
+            };
+        }
         let info = self.node_info(ino)?;
         let loc = self.loc_of(ino, &info)?;
         let layers = info.layers.clone();
@@ -1080,12 +1139,19 @@ impl Overlay {
             | libc::O_SYNC
             | libc::O_DSYNC
             | libc::O_TRUNC;
-        let fd = Arc::new(sys::openat(
-            loc.fd.as_fd(),
-            &loc.name,
-            (flags & keep) | libc::O_NOFOLLOW,
-            0,
-        )?);
+        let wanted = (flags & keep) | libc::O_NOFOLLOW;
+        let f = self.layer_open_flags(wanted);
+        let fd = match sys::openat(loc.fd.as_fd(), &loc.name, f, 0) {
+            // A write-only file the daemon may not read (no root here):
+            // write-only as asked, and the kernel's reads of partial pages
+            // fail.
+            Err(Errno::EACCES) if f & libc::O_ACCMODE != wanted & libc::O_ACCMODE => {
+                let wo = (f & !libc::O_ACCMODE) | libc::O_WRONLY;
+                sys::openat(loc.fd.as_fd(), &loc.name, wo, 0)?
+            }
+            r => r?,
+        };
+        let fd = Arc::new(fd);
         let fh = self.new_handle(Handle::File {
             ino,
             fd: fd.clone(),
@@ -1158,14 +1224,13 @@ impl Overlay {
         }
     }
 
-    /// Reads up to `size` bytes at `offset` from an open file.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
+    /// Reads up to `size` bytes at `offset` from an open file into `buf`
+    /// (replacing its contents). Callers reuse one buffer per thread: no
+    /// allocation and no zeroing per read.
+    pub fn read(&self, fh: u64, offset: u64, size: u32, buf: &mut Vec<u8>) -> SysResult<()> {
         let h = self.handle(fh)?;
         let fd = self.current_fd(&h).ok_or(Errno::EISDIR)?;
-        let mut buf = vec![0u8; size as usize];
-        let n = sys::pread(fd.as_fd(), &mut buf, offset)?;
-        buf.truncate(n);
-        Ok(buf)
+        sys::pread_vec(fd.as_fd(), buf, size as usize, offset)
     }
 
     /// Closes a file or directory handle.

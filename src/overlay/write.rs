@@ -1057,7 +1057,10 @@ impl Overlay {
             opened = Some(sys::openat(
                 fd,
                 n,
-                (flags & keep) | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                self.layer_open_flags(flags & keep)
+                    | libc::O_CREAT
+                    | libc::O_EXCL
+                    | libc::O_NOFOLLOW,
                 perm,
             )?);
             Ok(())
@@ -1511,32 +1514,50 @@ impl Overlay {
             Some(_) => CopyData::Full,
             None => CopyData::Meta,
         };
-        self.copy_up(ino, data)?;
-        let mut loc = self.loc(ino)?;
-        // Every name may be gone while the file is open: then its open
-        // upper fd is the file.
-        let open_fd = match loc.stat() {
-            Err(Errno::ENOENT) => {
-                let fd = self.open_upper_fd(ino).ok_or(Errno::ENOENT)?;
-                loc = Loc {
-                    fd: fd.clone(),
-                    name: CString::default(),
-                };
-                Some(fd)
-            }
-            _ => None,
+        // A node whose last name was removed keeps that name, which may
+        // since have been reused by another file: only an open fd reaches
+        // it. (With the kernel's writeback cache, the mtime of a written
+        // file comes late, possibly after an unlink or rename over it.)
+        let orphan = self.is_orphan(ino);
+        if !orphan {
+            self.copy_up(ino, data)?;
+        }
+        // The upper file of the handle the kernel names is the file itself,
+        // whatever happened to its names. A handle opened read-only before
+        // a copy-up still points below: not that one.
+        let handle_fd = fh
+            .and_then(|fh| self.handle(fh).ok())
+            .and_then(|h| match &*h {
+                Handle::File {
+                    fd, upper: true, ..
+                } => Some(fd.clone()),
+                _ => None,
+            });
+        let fd_loc = |fd: &Arc<OwnedFd>| Loc {
+            fd: fd.clone(),
+            name: CString::default(),
         };
+        let (loc, open_fd) =
+            match handle_fd.or_else(|| orphan.then(|| self.open_upper_fd(ino)).flatten()) {
+                Some(fd) => (fd_loc(&fd), Some(fd)),
+                // Gone, and not open any more: nothing is left to change. Quietly
+                // so, for the times the kernel flushes after the last close.
+                None if orphan => return self.getattr(ino),
+                None => {
+                    let loc = self.loc(ino)?;
+                    // Every name may be gone while the file is open: then its
+                    // open upper fd is the file.
+                    match loc.stat() {
+                        Err(Errno::ENOENT) => {
+                            let fd = self.open_upper_fd(ino).ok_or(Errno::ENOENT)?;
+                            (fd_loc(&fd), Some(fd))
+                        }
+                        _ => (loc, None),
+                    }
+                }
+            };
         if let Some(size) = a.size {
-            // A handle opened read-only before a copy-up still points below.
-            let handle_fd = fh
-                .and_then(|fh| self.handle(fh).ok())
-                .and_then(|h| match &*h {
-                    Handle::File {
-                        fd, upper: true, ..
-                    } => Some(fd.clone()),
-                    _ => None,
-                });
-            match handle_fd.or(open_fd) {
+            match &open_fd {
                 Some(fd) => sys::ftruncate(fd.as_fd(), size)?,
                 None => {
                     let fd = sys::openat(
@@ -1568,7 +1589,15 @@ impl Overlay {
                 a.mtime.unwrap_or(SetTime::Omit),
             )?;
         }
-        self.getattr(ino)
+        match open_fd {
+            Some(fd) => {
+                let mut st = sys::fstat(fd.as_fd())?;
+                self.adjust_nlink_fd(&mut st, &fd);
+                st.ino = ino.0;
+                Ok(st)
+            }
+            None => self.getattr(ino),
+        }
     }
 
     /// `setxattr`: copies up, then sets. The overlay's own attributes are off limits.

@@ -358,6 +358,43 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize
     Ok(done)
 }
 
+/// `pread` of up to `len` bytes at `offset` into `buf`, which is cleared
+/// first and ends up holding exactly the bytes read (fewer at EOF). The
+/// spare capacity is read into without being zeroed first, so a buffer
+/// reused across calls costs neither an allocation nor a memset per read.
+pub fn pread_vec(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize, offset: u64) -> SysResult<()> {
+    buf.clear();
+    buf.reserve(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: the pointer/length pair stays inside the spare capacity
+        // (`spare.len() >= len - done` after the reserve above); the kernel
+        // writes at most that many bytes.
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = Errno::last();
+            if e.0 == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        // SAFETY: the kernel initialised `n` more bytes after `done`.
+        unsafe { buf.set_len(done + n as usize) };
+    }
+    Ok(())
+}
+
 /// `pwrite` of all of `data`.
 pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> SysResult<usize> {
     let mut done = 0;
