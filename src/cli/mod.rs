@@ -54,6 +54,10 @@ MOUNT OPTIONS:
   passthrough=on|off      FUSE passthrough for open files (on when root)
   readdirplus=on|off      attributes with listings (off): on saves a LOOKUP per
                           entry for ls -l, but reads every inode even for find
+  max_inodes=N            inodes the daemon keeps in memory (100000, about
+                          20 MiB): above it, the kernel is asked to forget
+                          the least recently used ones it is not using
+                          (Linux 6.18+); 0: keep all it holds
   static_nlink            report nlink 1 for every directory
   uidmapping=C:H:N[:C:H:N...], gidmapping=C:H:N[:C:H:N...]
                           ids C..C+N stored in the layers show as H..H+N, and

@@ -24,14 +24,15 @@ use std::ffi::{CStr, CString, OsStr};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dashmap::DashMap;
 use log::debug;
 use lru::LruCache;
 
 use super::layers::Stack;
+use super::prune::{self, NodeLimit, Picker};
 use super::rules::{
     self, DirFacts, EntryKind, LayerEntry, OPAQUE_MARKER, OPAQUE_XATTRS, Place, Probe,
     REDIRECT_XATTRS, Redirect,
@@ -41,8 +42,10 @@ use crate::sys::{self, Errno, FileKind, Stat, StatFs, SysResult};
 
 /// Directory fds kept open (per layer) for lookups without path walks.
 const DIRFD_CACHE: usize = 8192;
-/// Entries of merged listings kept in memory, over all directories.
-const LISTING_CACHE_ENTRIES: usize = 256 * 1024;
+/// Entries of merged listings kept in memory, over all directories (about
+/// 64 bytes each). A walk lists each directory once, so a bigger cache
+/// mostly costs memory.
+const LISTING_CACHE_ENTRIES: usize = 64 * 1024;
 
 /// Prefixes of extended attributes that belong to the overlay machinery and
 /// are never shown through the mount.
@@ -78,6 +81,8 @@ pub(super) struct Node {
     /// below each one (see [`rules::place_in`]). Usually `None`.
     pub(super) redirects: Option<Box<[Redirect]>>,
     pub(super) refs: u64,
+    /// When it was last used, on [`Overlay`]'s use clock (for pruning).
+    pub(super) used: AtomicU32,
 }
 
 impl Node {
@@ -230,6 +235,24 @@ pub struct Overlay {
     pub(super) counters: super::stats::Counters,
     /// The copy-on-write event sink, when tracing (see `trace.rs`).
     pub(super) tracer: std::sync::OnceLock<super::trace::Tracer>,
+    /// Bounding the node table (see `prune.rs`).
+    pruning: Pruning,
+}
+
+/// The state of node-table pruning.
+#[derive(Default)]
+struct Pruning {
+    /// `max_inodes`; 0 until a pruner is attached.
+    limit: AtomicUsize,
+    /// Nodes in the table (`DashMap::len` would lock every shard).
+    live: AtomicUsize,
+    /// The use clock: ticks once per node created.
+    clock: AtomicU32,
+    /// Set when the table outgrew the limit and the pruner was woken; the
+    /// pruner clears it when it starts a pass.
+    wanted: AtomicBool,
+    /// The thread that asks the kernel to forget inodes.
+    pruner: OnceLock<std::thread::Thread>,
 }
 
 /// The found object of a name lookup, before the kernel is told about it.
@@ -271,6 +294,7 @@ impl Overlay {
                 layers: stack.all().into_boxed_slice(),
                 redirects: None,
                 refs: 1,
+                used: AtomicU32::new(0),
             },
         );
         let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
@@ -289,7 +313,75 @@ impl Overlay {
             upper,
             counters: Default::default(),
             tracer: std::sync::OnceLock::new(),
+            pruning: Pruning {
+                live: AtomicUsize::new(1),
+                ..Default::default()
+            },
         })
+    }
+
+    /// Bounds the node table to `limit` nodes: once it holds more, thread
+    /// `pruner` is woken (unparked) to call [`Overlay::prune_candidates`]
+    /// and ask the kernel to forget them. Only the first call counts.
+    pub fn set_pruner(&self, limit: NodeLimit, pruner: std::thread::Thread) {
+        if self.pruning.pruner.set(pruner).is_ok() {
+            self.pruning.limit.store(limit.0, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops waking the pruner (the kernel cannot prune).
+    pub fn stop_pruning(&self) {
+        self.pruning.limit.store(0, Ordering::Relaxed);
+    }
+
+    fn node_limit(&self) -> NodeLimit {
+        NodeLimit(self.pruning.limit.load(Ordering::Relaxed))
+    }
+
+    /// Counts a new node; wakes the pruner when the table is over its limit.
+    fn node_added(&self) {
+        let live = self.pruning.live.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.node_limit().exceeded(live)
+            && !self.pruning.wanted.swap(true, Ordering::Relaxed)
+            && let Some(t) = self.pruning.pruner.get()
+        {
+            t.unpark();
+        }
+    }
+
+    /// The nodes to ask the kernel to forget now, least recently used
+    /// first; empty while the table is within its limit. Called by the
+    /// pruner thread. The picked nodes count as used: one the kernel keeps
+    /// (in use) goes to the back of the line.
+    pub fn prune_candidates(&self) -> Vec<Ino> {
+        self.pruning.wanted.store(false, Ordering::Relaxed);
+        let want = self.node_limit().excess(self.nodes.len());
+        if want == 0 {
+            return Vec::new();
+        }
+        let open: std::collections::HashSet<Ino> = self
+            .handles
+            .iter()
+            .map(|h| match &**h.value() {
+                Handle::File { ino, .. } | Handle::Dir { ino, .. } => *ino,
+            })
+            .collect();
+        let now = self.pruning.clock.load(Ordering::Relaxed);
+        let mut picker = Picker::new(want);
+        for n in self.nodes.iter() {
+            let age = prune::age(now, n.used.load(Ordering::Relaxed));
+            picker.offer(*n.key(), age, open.contains(n.key()));
+        }
+        let picked = picker.finish();
+        for ino in &picked {
+            if let Some(n) = self.nodes.get(ino) {
+                n.used.store(now, Ordering::Relaxed);
+            }
+        }
+        self.counters
+            .prune_requests
+            .fetch_add(picked.len() as u64, Ordering::Relaxed);
+        picked
     }
 
     pub fn stack(&self) -> &Stack {
@@ -387,6 +479,10 @@ impl Overlay {
     /// Copies out what an operation needs of a node, releasing the guard.
     pub(super) fn node_info(&self, ino: Ino) -> SysResult<NodeInfo> {
         let n = self.nodes.get(&ino).ok_or(Errno::ESTALE)?;
+        n.used.store(
+            self.pruning.clock.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         Ok(NodeInfo {
             parent: n.parent,
             name: n.name.clone(),
@@ -775,6 +871,7 @@ impl Overlay {
         redirects: Option<Box<[Redirect]>>,
     ) {
         let mut new_name = false;
+        let mut created = false;
         // Every name of the old object is gone (or its type differs): a new
         // object got its freed inode number, and the node now stands for it.
         let reused = self.orphans.remove(&ino).is_some();
@@ -783,6 +880,10 @@ impl Overlay {
             .entry(ino)
             .and_modify(|n| {
                 n.refs += 1;
+                n.used.store(
+                    self.pruning.clock.fetch_add(1, Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
                 if reused || n.kind != kind {
                     released.push(n.parent);
                     released.extend(
@@ -817,6 +918,7 @@ impl Overlay {
             })
             .or_insert_with(|| {
                 new_name = true;
+                created = true;
                 Node {
                     parent,
                     name: name.into(),
@@ -825,8 +927,12 @@ impl Overlay {
                     layers,
                     redirects,
                     refs: 1,
+                    used: AtomicU32::new(self.pruning.clock.fetch_add(1, Ordering::Relaxed)),
                 }
             });
+        if created {
+            self.node_added();
+        }
         if new_name && let Some(mut p) = self.nodes.get_mut(&parent) {
             p.refs += 1;
         }
@@ -949,6 +1055,7 @@ impl Overlay {
         let Some((_, node)) = self.nodes.remove_if(&ino, |_, node| node.refs == 0) else {
             return;
         };
+        self.pruning.live.fetch_sub(1, Ordering::Relaxed);
         self.forget_caches(ino);
         self.orphans.remove(&ino);
         self.forget(node.parent, 1);

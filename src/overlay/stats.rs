@@ -25,6 +25,8 @@ pub struct Counters {
     pub(super) whiteouts: AtomicU64,
     pub(super) opaque_dirs: AtomicU64,
     pub(super) renames: AtomicU64,
+    /// Inodes the kernel was asked to forget (`max_inodes`).
+    pub(super) prune_requests: AtomicU64,
 }
 
 impl Counters {
@@ -81,6 +83,10 @@ pub struct Snapshot {
     pub dirfd_cache: u64,
     /// Entries held by the merged-listing cache.
     pub listing_cache_entries: u64,
+    /// Inodes the kernel was asked to forget to keep the daemon within
+    /// `max_inodes` (it keeps those in use).
+    #[serde(default)]
+    pub prune_requests: u64,
     /// The trace file, when tracing.
     #[serde(default)]
     pub trace: Option<String>,
@@ -113,6 +119,7 @@ impl Snapshot {
                 "cached listing entries",
                 self.listing_cache_entries.to_string(),
             ),
+            ("inodes pruned (asked)", self.prune_requests.to_string()),
         ];
         if let Some(t) = &self.trace {
             rows.push(("trace file", t.clone()));
@@ -150,6 +157,7 @@ impl Overlay {
             inodes: self.nodes.len() as u64,
             dirfd_cache: dirfd_cache as u64,
             listing_cache_entries: listing_cache_entries as u64,
+            prune_requests: get(&c.prune_requests),
             trace: self
                 .tracer()
                 .map(|t| t.path().to_string_lossy().into_owned()),
