@@ -218,7 +218,10 @@ impl ListingCache {
 /// The merged view of a stack of layers.
 pub struct Overlay {
     pub(super) stack: Stack,
-    pub(super) nodes: DashMap<Ino, Node>,
+    /// Boxed: the table keeps about twice as many slots as nodes (removals
+    /// leave tombstones until it is rebuilt), and a slot of a pointer costs
+    /// a sixth of a slot of a node.
+    pub(super) nodes: DashMap<Ino, Box<Node>>,
     dirfds: Mutex<LruCache<(Ino, LayerIdx), Arc<OwnedFd>>>,
     listings: Mutex<ListingCache>,
     pub(super) handles: DashMap<u64, Arc<Handle>>,
@@ -286,7 +289,7 @@ impl Overlay {
         let nodes = DashMap::new();
         nodes.insert(
             Ino::ROOT,
-            Node {
+            Box::new(Node {
                 parent: Ino::ROOT,
                 name: Box::new([]),
                 aliases: None,
@@ -295,7 +298,7 @@ impl Overlay {
                 redirects: None,
                 refs: 1,
                 used: AtomicU32::new(0),
-            },
+            }),
         );
         let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         Ok(Overlay {
@@ -373,6 +376,12 @@ impl Overlay {
             picker.offer(*n.key(), age, open.contains(n.key()));
         }
         let picked = picker.finish();
+        debug!(
+            "prune: {} nodes, table capacity {}, picked {}",
+            self.nodes.len(),
+            self.nodes.capacity(),
+            picked.len()
+        );
         for ino in &picked {
             if let Some(n) = self.nodes.get(ino) {
                 n.used.store(now, Ordering::Relaxed);
@@ -919,7 +928,7 @@ impl Overlay {
             .or_insert_with(|| {
                 new_name = true;
                 created = true;
-                Node {
+                Box::new(Node {
                     parent,
                     name: name.into(),
                     aliases: None,
@@ -928,7 +937,7 @@ impl Overlay {
                     redirects,
                     refs: 1,
                     used: AtomicU32::new(self.pruning.clock.fetch_add(1, Ordering::Relaxed)),
-                }
+                })
             });
         if created {
             self.node_added();
