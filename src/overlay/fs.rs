@@ -16,6 +16,9 @@
 //!   one path component at a time with `O_NOFOLLOW`: nothing resolves a
 //!   symlink inside a layer;
 //! - no map guard or cache lock is held across a system call that can block.
+//! - a node's `used` stamp is refreshed whenever an operation reads the node;
+//!   above `max_inodes` nodes, the least recently used are offered to the
+//!   kernel for forgetting (see `prune.rs`); nothing but FORGET frees one.
 //!
 //! Lock order: `nodes` shard guards are leaves (never held while taking any
 //! other lock); `dirfds` and `listings` mutexes are leaves too.
@@ -37,7 +40,7 @@ use super::rules::{
     self, DirFacts, EntryKind, LayerEntry, OPAQUE_MARKER, OPAQUE_XATTRS, Place, Probe,
     REDIRECT_XATTRS, Redirect,
 };
-use super::types::{Ino, LayerIdx};
+use super::types::{CompactLayers, CompactName, Ino, LayerIdx};
 use crate::sys::{self, Errno, FileKind, Stat, StatFs, SysResult};
 
 /// Directory fds kept open (per layer) for lookups without path walks.
@@ -69,14 +72,14 @@ pub(super) type Alias = (Ino, Box<[u8]>);
 pub(super) struct Node {
     /// The name operations use; for a hard link, one of its names.
     pub(super) parent: Ino,
-    pub(super) name: Box<[u8]>,
+    pub(super) name: CompactName,
     /// The other names of a hard link seen through the mount (each, like the
     /// main name, holds a reference on its parent). Usually `None`.
     // Boxed so that the common case (no other name) costs one pointer.
     #[allow(clippy::box_collection)]
     pub(super) aliases: Option<Box<Vec<Alias>>>,
     pub(super) kind: FileKind,
-    pub(super) layers: Box<[LayerIdx]>,
+    pub(super) layers: CompactLayers,
     /// For a directory found through redirects: its place in the layers
     /// below each one (see [`rules::place_in`]). Usually `None`.
     pub(super) redirects: Option<Box<[Redirect]>>,
@@ -291,10 +294,10 @@ impl Overlay {
             Ino::ROOT,
             Box::new(Node {
                 parent: Ino::ROOT,
-                name: Box::new([]),
+                name: CompactName::from(&b""[..]),
                 aliases: None,
                 kind: FileKind::Dir,
-                layers: stack.all().into_boxed_slice(),
+                layers: CompactLayers::from(&stack.all()[..]),
                 redirects: None,
                 refs: 1,
                 used: AtomicU32::new(0),
@@ -423,7 +426,7 @@ impl Overlay {
             if cur == Ino::ROOT {
                 break;
             }
-            let next = self.nodes.get(&cur).map(|n| (n.name.clone(), n.parent));
+            let next = self.nodes.get(&cur).map(|n| (n.name.to_boxed(), n.parent));
             match next {
                 Some((name, parent)) => {
                     names.push(name);
@@ -494,9 +497,9 @@ impl Overlay {
         );
         Ok(NodeInfo {
             parent: n.parent,
-            name: n.name.clone(),
+            name: n.name.to_boxed(),
             kind: n.kind,
-            layers: n.layers.clone(),
+            layers: n.layers.to_boxed(),
             redirects: n.redirects.clone(),
         })
     }
@@ -904,7 +907,7 @@ impl Overlay {
                     n.parent = parent;
                     n.name = name.into();
                     n.kind = kind;
-                    n.layers = layers.clone();
+                    n.layers = CompactLayers::from(&*layers);
                     n.redirects = redirects.clone();
                     new_name = true;
                     return;
@@ -921,7 +924,7 @@ impl Overlay {
                     && self.upper.is_some()
                     && n.layers.first() == Some(&LayerIdx(0));
                 if !upper_copy {
-                    n.layers = layers.clone();
+                    n.layers = CompactLayers::from(&*layers);
                     n.redirects = redirects.clone();
                 }
             })
@@ -933,7 +936,7 @@ impl Overlay {
                     name: name.into(),
                     aliases: None,
                     kind,
-                    layers,
+                    layers: CompactLayers::from(&*layers),
                     redirects,
                     refs: 1,
                     used: AtomicU32::new(self.pruning.clock.fetch_add(1, Ordering::Relaxed)),
@@ -1000,7 +1003,7 @@ impl Overlay {
                     match n.aliases.as_mut().and_then(|a| a.pop()) {
                         Some((p, nm)) => {
                             n.parent = p;
-                            n.name = nm;
+                            n.name = nm.into();
                             true
                         }
                         None => false,
@@ -1041,7 +1044,7 @@ impl Overlay {
     /// Sets the layers of node `ino` (after a copy-up).
     pub(super) fn set_layers(&self, ino: Ino, layers: Box<[LayerIdx]>) {
         if let Some(mut n) = self.nodes.get_mut(&ino) {
-            n.layers = layers;
+            n.layers = CompactLayers::from(&*layers);
         }
     }
 
@@ -1552,7 +1555,7 @@ impl Overlay {
             .nodes
             .iter()
             .filter(|n| *n.key() != Ino::ROOT && n.kind == FileKind::Dir)
-            .map(|n| (*n.key(), n.parent, n.name.clone(), n.layers.clone()))
+            .map(|n| (*n.key(), n.parent, n.name.to_boxed(), n.layers.to_boxed()))
             .collect();
         let parents: std::collections::HashMap<Ino, Ino> =
             dirs.iter().map(|d| (d.0, d.1)).collect();
@@ -1578,9 +1581,9 @@ impl Overlay {
             };
             if layers != old
                 && let Some(mut n) = self.nodes.get_mut(&ino)
-                && n.layers == old
+                && *n.layers == *old
             {
-                n.layers = layers;
+                n.layers = CompactLayers::from(&*layers);
                 n.redirects = redirects;
                 out.dirs_changed += 1;
             }
@@ -1589,7 +1592,7 @@ impl Overlay {
         for n in self.nodes.iter() {
             out.inodes.push(*n.key());
             if *n.key() != Ino::ROOT {
-                out.names.push((n.parent, n.name.clone()));
+                out.names.push((n.parent, n.name.to_boxed()));
                 let aliases = n.aliases.iter().flat_map(|a| a.iter());
                 out.names.extend(aliases.map(|(p, nm)| (*p, nm.clone())));
             }
