@@ -665,7 +665,14 @@ impl Overlay {
             self.link_up_alias(parent, name, &mut found);
         }
         let kind = found.stat.kind();
-        self.remember(found.ino, parent, name, kind, found.layers, found.redirects);
+        self.remember(
+            found.ino,
+            parent,
+            name,
+            kind,
+            &found.layers,
+            found.redirects,
+        );
         Ok(found.stat)
     }
 
@@ -694,7 +701,7 @@ impl Overlay {
             dir,
             &item.name,
             kind,
-            found.layers,
+            &found.layers,
             found.redirects,
         );
         Ok(found.stat)
@@ -879,7 +886,7 @@ impl Overlay {
         parent: Ino,
         name: &[u8],
         kind: FileKind,
-        layers: Box<[LayerIdx]>,
+        layers: &[LayerIdx],
         redirects: Option<Box<[Redirect]>>,
     ) {
         let mut new_name = false;
@@ -907,7 +914,7 @@ impl Overlay {
                     n.parent = parent;
                     n.name = name.into();
                     n.kind = kind;
-                    n.layers = CompactLayers::from(&*layers);
+                    n.layers = CompactLayers::from(layers);
                     n.redirects = redirects.clone();
                     new_name = true;
                     return;
@@ -924,7 +931,7 @@ impl Overlay {
                     && self.upper.is_some()
                     && n.layers.first() == Some(&LayerIdx(0));
                 if !upper_copy {
-                    n.layers = CompactLayers::from(&*layers);
+                    n.layers = CompactLayers::from(layers);
                     n.redirects = redirects.clone();
                 }
             })
@@ -936,7 +943,7 @@ impl Overlay {
                     name: name.into(),
                     aliases: None,
                     kind,
-                    layers: CompactLayers::from(&*layers),
+                    layers: CompactLayers::from(layers),
                     redirects,
                     refs: 1,
                     used: AtomicU32::new(self.pruning.clock.fetch_add(1, Ordering::Relaxed)),
@@ -1042,9 +1049,9 @@ impl Overlay {
     }
 
     /// Sets the layers of node `ino` (after a copy-up).
-    pub(super) fn set_layers(&self, ino: Ino, layers: Box<[LayerIdx]>) {
+    pub(super) fn set_layers(&self, ino: Ino, layers: &[LayerIdx]) {
         if let Some(mut n) = self.nodes.get_mut(&ino) {
-            n.layers = CompactLayers::from(&*layers);
+            n.layers = CompactLayers::from(layers);
         }
     }
 
