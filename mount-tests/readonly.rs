@@ -1185,6 +1185,27 @@ fn mount_stats(mnt: &Path) -> serde_json::Value {
     serde_json::from_str(&out.stdout).unwrap()
 }
 
+/// Kills (by pid) and reaps a child process this test started.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Unmounts a bind mount this test made.
+struct BindGuard(PathBuf);
+
+impl Drop for BindGuard {
+    fn drop(&mut self) {
+        if let Err(e) = common::unmount(&self.0, false) {
+            eprintln!("error: {e}");
+        }
+    }
+}
+
 fn stat_u64(s: &serde_json::Value, key: &str) -> u64 {
     s[key]
         .as_u64()
@@ -1234,6 +1255,29 @@ fn max_inodes_bounds_nodes() {
     let probe = mnt.join("d00/f0000");
     let probe_ino = ino(&probe);
     assert_eq!(probe_ino, ino(&bottom.join("d00/f0000")));
+    // What the kernel must keep however old: a working directory, an open
+    // file, a bind mount on a file of the mount (a container runtime's
+    // /etc/resolv.conf). Guards drop in reverse order: these go first.
+    let cwd = mnt.join("d01");
+    let sleeper = ChildGuard(
+        std::process::Command::new("sleep")
+            .arg("600")
+            .current_dir(&cwd)
+            .spawn()
+            .unwrap(),
+    );
+    let mut open_file = fs::File::open(mnt.join("d03/f0003")).unwrap();
+    let bind_src = base.path().join("bind-src");
+    fs::write(&bind_src, "D02/F0002").unwrap();
+    let bind_target = mnt.join("d02/f0002");
+    let st = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&bind_src)
+        .arg(&bind_target)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount --bind");
+    let bind = BindGuard(bind_target.clone());
 
     let mut peak = 0;
     for walk in 0..2 {
@@ -1282,5 +1326,14 @@ fn max_inodes_bounds_nodes() {
     assert_eq!(fs::read_to_string(&probe).unwrap(), "d00/f0000");
     let after = stat_u64(&mount_stats(&mnt), "lookups");
     assert!(after > before, "d00/f0000 was never forgotten");
+    // Nothing in use was dropped.
+    let link = fs::read_link(format!("/proc/{}/cwd", sleeper.0.id())).unwrap();
+    assert_eq!(link, cwd, "working directory of a process in the mount");
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut open_file, &mut s).unwrap();
+    assert_eq!(s, "d03/f0003");
+    assert!(common::is_mounted(&bind_target), "bind mount detached");
+    assert_eq!(fs::read_to_string(&bind_target).unwrap(), "D02/F0002");
+    drop((bind, open_file, sleeper));
     drop(m);
 }
