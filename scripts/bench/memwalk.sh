@@ -85,7 +85,12 @@ run_impl() { # LABEL CMD...
     t1=$EPOCHREALTIME
     hwm=$(status_kib "$PID" VmHWM)
     rss=$(status_kib "$PID" VmRSS)
-    log "$label: walk $w: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, VmHWM $(mib "$hwm") MiB, VmRSS $(mib "$rss") MiB"
+    local nodes=""
+    if [[ $label == layerfs* ]]; then
+      nodes=$("$LAYERFS_BIN" stats --json "$MNT" 2>/dev/null |
+        python3 -c 'import json, sys; s = json.load(sys.stdin); print(", inodes %s, peak %s" % (s["inodes"], s.get("inodes_peak", "?")))' || true)
+    fi
+    log "$label: walk $w: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, VmHWM $(mib "$hwm") MiB, VmRSS $(mib "$rss") MiB$nodes"
     cells+=" $(mib "$hwm") / $(mib "$rss") |"
   done
   umount "$MNT"

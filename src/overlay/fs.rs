@@ -128,7 +128,8 @@ impl NodeInfo {
 /// One entry of a merged listing, as readdir returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirItem {
-    pub name: Box<[u8]>,
+    /// Inline for most names: a cached listing costs one allocation.
+    pub name: CompactName,
     pub ino: Ino,
     pub kind: FileKind,
     /// The layer that served it when the listing was read.
@@ -252,6 +253,8 @@ struct Pruning {
     limit: AtomicUsize,
     /// Nodes in the table (`DashMap::len` would lock every shard).
     live: AtomicUsize,
+    /// The most nodes the table held at once.
+    peak: AtomicUsize,
     /// The use clock: ticks once per node created.
     clock: AtomicU32,
     /// Set when the table outgrew the limit and the pruner was woken; the
@@ -321,6 +324,7 @@ impl Overlay {
             tracer: std::sync::OnceLock::new(),
             pruning: Pruning {
                 live: AtomicUsize::new(1),
+                peak: AtomicUsize::new(1),
                 ..Default::default()
             },
         })
@@ -347,6 +351,7 @@ impl Overlay {
     /// Counts a new node; wakes the pruner when the table is over its limit.
     fn node_added(&self) {
         let live = self.pruning.live.fetch_add(1, Ordering::Relaxed) + 1;
+        self.pruning.peak.fetch_max(live, Ordering::Relaxed);
         if self.node_limit().exceeded(live)
             && !self.pruning.wanted.swap(true, Ordering::Relaxed)
             && let Some(t) = self.pruning.pruner.get()
@@ -407,6 +412,11 @@ impl Overlay {
     /// Number of inodes currently known (for tests and statistics).
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The most inodes known at once since the mount.
+    pub fn node_peak(&self) -> usize {
+        self.pruning.peak.load(Ordering::Relaxed)
     }
 
     /// Entries in the directory-fd cache and the merged-listing cache.
@@ -1381,13 +1391,13 @@ impl Overlay {
         let mut items = Vec::with_capacity(merged.len() + 2);
         let top = layers.first().copied().unwrap_or(LayerIdx(0));
         items.push(DirItem {
-            name: (*b".").into(),
+            name: CompactName::from(&b"."[..]),
             ino,
             kind: FileKind::Dir,
             layer: top,
         });
         items.push(DirItem {
-            name: (*b"..").into(),
+            name: CompactName::from(&b".."[..]),
             ino: parent,
             kind: FileKind::Dir,
             layer: top,
@@ -1403,7 +1413,7 @@ impl Overlay {
             }
             items.push(DirItem {
                 ino: self.map_ino(m.layer, m.ino),
-                name: m.name.into_boxed_slice(),
+                name: CompactName::from(&m.name[..]),
                 kind: m.kind,
                 layer: m.layer,
             });
@@ -1611,7 +1621,7 @@ impl Overlay {
             if let Ok(l) = self.listing(d) {
                 // `.` and `..` come first and are never cached as entries.
                 out.names
-                    .extend(l.iter().skip(2).map(|i| (d, i.name.clone())));
+                    .extend(l.iter().skip(2).map(|i| (d, i.name.to_boxed())));
             }
         }
         out.names.sort_unstable();

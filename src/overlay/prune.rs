@@ -37,19 +37,21 @@ impl NodeLimit {
         self.0 > 0
     }
 
-    /// Whether `live` nodes are more than allowed.
+    /// Whether `live` nodes are enough to start pruning: seven eighths of
+    /// the limit, so that the nodes created while a pass runs (the kernel's
+    /// FORGETs come later) seldom take the table over the limit.
     pub fn exceeded(self, live: usize) -> bool {
-        self.is_bounded() && live > self.0
+        self.is_bounded() && live > self.0 - self.0 / 8
     }
 
     /// How many nodes to ask the kernel to forget when `live` are held:
-    /// down to three quarters of the limit, so that pruning happens in
-    /// batches rather than once per lookup.
+    /// down to five eighths of the limit, so that pruning happens in
+    /// batches (each pass looks at every node) rather than once per lookup.
     pub fn excess(self, live: usize) -> usize {
         if !self.exceeded(live) {
             return 0;
         }
-        live - (self.0 - self.0 / 4)
+        live - (self.0 - self.0 * 3 / 8)
     }
 }
 
@@ -106,12 +108,14 @@ mod tests {
         let cases: &[(usize, usize, bool, usize)] = &[
             // limit, live, exceeded, excess
             (0, 10_000_000, false, 0),
-            (1000, 999, false, 0),
-            (1000, 1000, false, 0),
-            (1000, 1001, true, 251),
-            (1000, 5000, true, 4250),
+            (1000, 875, false, 0),
+            (1000, 876, true, 251),
+            (1000, 1001, true, 376),
+            (1000, 5000, true, 4375),
+            (100_000, 87_501, true, 25_001),
+            (1, 1, false, 0),
             (1, 2, true, 1),
-            (3, 4, true, 1),
+            (3, 4, true, 2),
         ];
         for &(limit, live, exceeded, excess) in cases {
             let l = NodeLimit(limit);

@@ -79,6 +79,9 @@ pub struct Snapshot {
     pub open_dirs: u64,
     /// Inodes the kernel holds references to.
     pub inodes: u64,
+    /// The most inodes held at once since the mount.
+    #[serde(default)]
+    pub inodes_peak: u64,
     /// Cached directory fds.
     pub dirfd_cache: u64,
     /// Entries held by the merged-listing cache.
@@ -114,6 +117,7 @@ impl Snapshot {
             ("open files", self.open_files.to_string()),
             ("open directories", self.open_dirs.to_string()),
             ("inodes in memory", self.inodes.to_string()),
+            ("inodes in memory, peak", self.inodes_peak.to_string()),
             ("cached directory fds", self.dirfd_cache.to_string()),
             (
                 "cached listing entries",
@@ -155,6 +159,7 @@ impl Overlay {
             open_files,
             open_dirs,
             inodes: self.nodes.len() as u64,
+            inodes_peak: self.node_peak() as u64,
             dirfd_cache: dirfd_cache as u64,
             listing_cache_entries: listing_cache_entries as u64,
             prune_requests: get(&c.prune_requests),
