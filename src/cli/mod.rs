@@ -54,8 +54,8 @@ MOUNT OPTIONS:
   passthrough=on|off      FUSE passthrough for open files (on when root)
   readdirplus=on|off      attributes with listings (off): on saves a LOOKUP per
                           entry for ls -l, but reads every inode even for find
-  max_inodes=N            inodes the daemon keeps in memory (100000, about
-                          20 MiB): above it, the kernel is asked to forget
+  max_inodes=N            inodes the daemon keeps in memory (200000, about
+                          40 MiB): near it, the kernel is asked to forget
                           the least recently used ones it is not using
                           (Linux 6.18+); 0: keep all it holds
   static_nlink            report nlink 1 for every directory

@@ -29,9 +29,9 @@ use super::types::Ino;
 pub struct NodeLimit(pub usize);
 
 impl NodeLimit {
-    /// The default bound: about 20 MiB of daemon memory (see
-    /// docs/benchmarks.md, "Daemon memory").
-    pub const DEFAULT: NodeLimit = NodeLimit(100_000);
+    /// The default bound: the daemon stays near 40 MiB however many files
+    /// are looked up (see docs/benchmarks.md, "Daemon memory").
+    pub const DEFAULT: NodeLimit = NodeLimit(200_000);
 
     pub fn is_bounded(self) -> bool {
         self.0 > 0
