@@ -1169,3 +1169,171 @@ fn mount_helper_fuse_type() {
     result.unwrap();
     un.unwrap();
 }
+
+// ------------------------------------------------------------------------------------------
+// max_inodes: the daemon's node table stays bounded over walks of many files
+// ------------------------------------------------------------------------------------------
+
+/// `layerfs stats --json` of a live mount.
+fn mount_stats(mnt: &Path) -> serde_json::Value {
+    let out = common::run_layerfs(
+        &[OsStr::new("stats"), OsStr::new("--json"), mnt.as_os_str()],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(out.status.success(), "layerfs stats: {}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// Kills (by pid) and reaps a child process this test started.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Unmounts a bind mount this test made.
+struct BindGuard(PathBuf);
+
+impl Drop for BindGuard {
+    fn drop(&mut self) {
+        if let Err(e) = common::unmount(&self.0, false) {
+            eprintln!("error: {e}");
+        }
+    }
+}
+
+fn stat_u64(s: &serde_json::Value, key: &str) -> u64 {
+    s[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in stats: {s}"))
+}
+
+#[test]
+fn max_inodes_bounds_nodes() {
+    if !common::mount_tests_required() || common::is_fuse_overlayfs() {
+        return;
+    }
+    const DIRS: usize = 20;
+    const PER_DIR: usize = 1000;
+    const MAX: u64 = 1000;
+    let base = common::temp_base();
+    // Two layers, so that every directory is merged: the top one holds a
+    // few files of each directory with other contents.
+    let (top, bottom) = (base.path().join("top"), base.path().join("bottom"));
+    for d in 0..DIRS {
+        fs::create_dir_all(top.join(format!("d{d:02}"))).unwrap();
+        fs::create_dir_all(bottom.join(format!("d{d:02}"))).unwrap();
+        for f in 0..PER_DIR {
+            let name = format!("d{d:02}/f{f:04}");
+            if f % 100 == 7 {
+                fs::write(top.join(&name), format!("top {name}")).unwrap();
+            }
+            fs::write(bottom.join(&name), &name).unwrap();
+        }
+    }
+    let content = |d: usize, f: usize| {
+        let name = format!("d{d:02}/f{f:04}");
+        match f % 100 {
+            7 => format!("top {name}"),
+            _ => name,
+        }
+    };
+    let mnt = base.path().join("mnt");
+    let m = common::Layerfs::mount(
+        &[top.clone(), bottom.clone()],
+        None,
+        &mnt,
+        &[&format!("max_inodes={MAX}")],
+    )
+    .unwrap();
+    let mnt = m.path().to_path_buf();
+    // One layer filesystem: the merged inode numbers are the layers' own.
+    let probe = mnt.join("d00/f0000");
+    let probe_ino = ino(&probe);
+    assert_eq!(probe_ino, ino(&bottom.join("d00/f0000")));
+    // What the kernel must keep however old: a working directory, an open
+    // file, a bind mount on a file of the mount (a container runtime's
+    // /etc/resolv.conf). Guards drop in reverse order: these go first.
+    let cwd = mnt.join("d01");
+    let sleeper = ChildGuard(
+        std::process::Command::new("sleep")
+            .arg("600")
+            .current_dir(&cwd)
+            .spawn()
+            .unwrap(),
+    );
+    let mut open_file = fs::File::open(mnt.join("d03/f0003")).unwrap();
+    let bind_src = base.path().join("bind-src");
+    fs::write(&bind_src, "D02/F0002").unwrap();
+    let bind_target = mnt.join("d02/f0002");
+    let st = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&bind_src)
+        .arg(&bind_target)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount --bind");
+    let bind = BindGuard(bind_target.clone());
+
+    let mut peak = 0;
+    for walk in 0..2 {
+        for d in 0..DIRS {
+            let dir = mnt.join(format!("d{d:02}"));
+            let mut names: Vec<String> = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            let want: Vec<String> = (0..PER_DIR).map(|f| format!("f{f:04}")).collect();
+            assert_eq!(names, want, "walk {walk}: listing of {}", dir.display());
+            for f in 0..PER_DIR {
+                let p = dir.join(format!("f{f:04}"));
+                let md = fs::symlink_metadata(&p).unwrap();
+                let c = content(d, f);
+                assert_eq!(md.len(), c.len() as u64, "{}", p.display());
+                let layer = if f % 100 == 7 { &top } else { &bottom };
+                let rel = format!("d{d:02}/f{f:04}");
+                if f % 97 == 0 {
+                    assert_eq!(md.ino(), ino(&layer.join(&rel)), "inode of {rel}");
+                    assert_eq!(fs::read_to_string(&p).unwrap(), c, "contents of {rel}");
+                }
+            }
+            peak = peak.max(stat_u64(&mount_stats(&mnt), "inodes"));
+        }
+        // The pruner works behind the walk: the table gets back under the
+        // bound once it has caught up.
+        let settled = common::wait_until(Duration::from_secs(10), || {
+            stat_u64(&mount_stats(&mnt), "inodes") <= MAX
+        });
+        let s = mount_stats(&mnt);
+        assert!(settled, "walk {walk}: node table not bounded: {s}");
+    }
+    // Behind by at most a directory or two, never the whole tree.
+    assert!(
+        peak < (DIRS * PER_DIR) as u64 / 4,
+        "peak of {peak} nodes for a bound of {MAX}"
+    );
+    let s = mount_stats(&mnt);
+    assert!(stat_u64(&s, "prune_requests") > 0, "{s}");
+    // The probe was forgotten (the kernel asks for it again) and keeps its
+    // inode number.
+    let before = stat_u64(&s, "lookups");
+    assert_eq!(ino(&probe), probe_ino);
+    assert_eq!(fs::read_to_string(&probe).unwrap(), "d00/f0000");
+    let after = stat_u64(&mount_stats(&mnt), "lookups");
+    assert!(after > before, "d00/f0000 was never forgotten");
+    // Nothing in use was dropped.
+    let link = fs::read_link(format!("/proc/{}/cwd", sleeper.0.id())).unwrap();
+    assert_eq!(link, cwd, "working directory of a process in the mount");
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut open_file, &mut s).unwrap();
+    assert_eq!(s, "d03/f0003");
+    assert!(common::is_mounted(&bind_target), "bind mount detached");
+    assert_eq!(fs::read_to_string(&bind_target).unwrap(), "D02/F0002");
+    drop((bind, open_file, sleeper));
+    drop(m);
+}

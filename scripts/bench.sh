@@ -45,6 +45,9 @@ Usage: scripts/bench.sh [options]
   --keep             keep the run dir (logs, upper dirs) under WORK/runs
   --run              also time container start-up (`layerfs run --rm IMAGE true`, scripts/bench-run.sh,
                      as an unprivileged user) and append it to the report
+  --memwalk          also measure daemon memory over 3 walks of 1,000,000 files
+                     (scripts/bench/memwalk.sh; layerfs and fuse-overlayfs 1.x, ~5 min, tree
+                     under /var/tmp/layerfs-memwalk) and add its table to the report
   -h, --help         this help
 
 Environment: LAYERFS_BIN (default REPO/target/release/layerfs, built if missing),
@@ -63,6 +66,7 @@ if [[ ${1:-} != __cell ]]; then
   export B_WORK=${LAYERFS_BENCH_WORK:-/var/tmp/layerfs-bench}
   export B_REPS="" B_QUICK=0 B_WRITE=0 B_ONLY="" B_IMPLS="" B_OUT="" B_TMO="" B_BUILD=1
   export B_REBUILD=0 B_ROOTLESS=0 B_KEEP=0 B_RUNNER=0
+  export B_REBUILD=0 B_ROOTLESS=0 B_KEEP=0 B_MEMWALK=0
   export B_SEED=20251123 B_BIG_MIB=1024
 fi
 STACK_VERSION=1
@@ -86,6 +90,7 @@ parse_args() {
       --rootless) B_ROOTLESS=1 ;;
       --keep) B_KEEP=1 ;;
       --run) B_RUNNER=1 ;;
+      --memwalk) B_MEMWALK=1 ;;
       -h|--help) usage; exit 0 ;;
       *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -764,6 +769,24 @@ main() {
       } >>"$out"
     else
       log "  bench-run.sh failed, see $B_LOGS/bench-run.log"
+    fi
+  fi
+  if ((B_MEMWALK)); then
+    log "memwalk: daemon memory over walks of 1,000,000 files"
+    local mw=$B_RUN/memwalk.md memwalk_impls=""
+    [[ " ${impls[*]} " == *" layerfs "* ]] && memwalk_impls+=layerfs,
+    [[ " ${impls[*]} " == *" fo1 "* ]] && memwalk_impls+=fo1,
+    if [[ -n $memwalk_impls ]] &&
+      LAYERFS_BIN=${B_LAYERFS_BIN:-} FUSE_OVERLAYFS1_BIN=${B_FO1_BIN:-/usr/bin/fuse-overlayfs} \
+        "$HELPERS/memwalk.sh" --impls "${memwalk_impls%,}" >"$mw" 2>>"$B_LOGS/memwalk.log"; then
+      if [[ -n $out ]]; then
+        printf '\n## Daemon memory, 1,000,000-file walk\n\n' >>"$out"
+        cat "$mw" >>"$out"
+      else
+        cat "$mw"
+      fi
+    else
+      log "memwalk failed (see $B_LOGS/memwalk.log)"
     fi
   fi
   [[ -n $out ]] && log "report written to $out"

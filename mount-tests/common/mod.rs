@@ -607,7 +607,8 @@ pub fn is_mounted(target: &Path) -> bool {
         .any(|mp| unescape_mountinfo(mp) == t)
 }
 
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+/// Polls `f` every 20 ms until it holds (true) or `timeout` passed (false).
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
         if f() {

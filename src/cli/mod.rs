@@ -59,6 +59,10 @@ MOUNT OPTIONS:
                           up passthrough for it
   readdirplus=on|off      attributes with listings (off): on saves a LOOKUP per
                           entry for ls -l, but reads every inode even for find
+  max_inodes=N            inodes the daemon keeps in memory (200000, about
+                          40 MiB): near it, the kernel is asked to forget
+                          the least recently used ones it is not using
+                          (Linux 6.18+); 0: keep all it holds
   static_nlink            report nlink 1 for every directory
   uidmapping=C:H:N[:C:H:N...], gidmapping=C:H:N[:C:H:N...]
                           ids C..C+N stored in the layers show as H..H+N, and

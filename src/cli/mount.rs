@@ -339,6 +339,9 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
     if let Some(r) = o.readdirplus {
         fuse.readdirplus = r;
     }
+    if let Some(n) = o.max_inodes {
+        fuse.max_inodes = crate::overlay::NodeLimit(n);
+    }
     fuse.idmap = o.idmap((overflow_id("uid"), overflow_id("gid")));
     // The kernel refuses passthrough once writeback is negotiated.
     fuse.writeback = o.writeback;

@@ -48,6 +48,8 @@ pub struct MountOptions {
     /// `writeback=`: the kernel's writeback cache (`None`: automatic).
     pub writeback: Option<bool>,
     pub readdirplus: Option<bool>,
+    /// `max_inodes=N`: inodes the daemon keeps (0: no bound).
+    pub max_inodes: Option<usize>,
     /// Report nlink 1 for every directory.
     pub static_nlink: bool,
     /// Append copy-on-write events to this file (JSON Lines).
@@ -392,6 +394,15 @@ impl MountOptions {
                 self.readdirplus = Some(parse_bool(key, v)?);
                 Ok(())
             }
+            ("max_inodes", Some(v)) => {
+                let n: usize = v.parse().map_err(|_| OptionError::BadValue {
+                    option: key.into(),
+                    value: v.into(),
+                    expected: "a number of inodes (0: no bound)",
+                })?;
+                self.max_inodes = Some(n);
+                Ok(())
+            }
             ("static_nlink", None) => {
                 self.static_nlink = true;
                 Ok(())
@@ -620,6 +631,20 @@ mod tests {
         o.apply("lowerdir=/a,fsync=0,relatime,noatime").unwrap();
         assert!(o.volatile);
         assert!(o.read_only());
+        let mut o = MountOptions::default();
+        assert_eq!(o.max_inodes, None);
+        o.apply("lowerdir=/a,max_inodes=1000").unwrap();
+        assert_eq!(o.max_inodes, Some(1000));
+        o.apply("max_inodes=0").unwrap();
+        assert_eq!(o.max_inodes, Some(0));
+        for bad in [
+            "max_inodes=",
+            "max_inodes=-1",
+            "max_inodes=1k",
+            "max_inodes",
+        ] {
+            assert!(MountOptions::default().apply(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! disk); the overlay works with the ids stored in the layers.
 //!
 //! Kernel caches: [`KernelCache`] tells the kernel to drop entries,
-//! attributes and data it caches for long (see `layerfs refresh`).
+//! attributes and data it caches for long (see `layerfs refresh`); the
+//! pruner thread (`prune.rs`) asks it to forget inodes when the overlay
+//! holds more than [`FuseOptions::max_inodes`].
 //!
 //! Cache mode ([`CacheMode`], chosen once in `init`): passthrough where the
 //! kernel offers it and we are root in the initial user namespace; else, on
@@ -26,6 +28,8 @@
 //! of them is open (the kernel answers EIO otherwise), so backing ids are kept
 //! per inode with an open count in `backing`. The map entry's guard is held
 //! across the backing ioctl, which does not block.
+
+mod prune;
 
 use std::ffi::OsStr;
 use std::io;
@@ -47,7 +51,7 @@ use fuser::{
 use log::{debug, info, warn};
 
 use crate::overlay::fs::may_access;
-use crate::overlay::{Caller, IdMap, Ino, Overlay, Refreshed, SetAttr};
+use crate::overlay::{Caller, IdMap, Ino, NodeLimit, Overlay, Refreshed, SetAttr};
 use crate::sys::{Errno, FileKind, SetTime, Stat, Timespec};
 
 /// How the mount talks to the kernel.
@@ -69,6 +73,8 @@ pub struct FuseOptions {
     pub selinux: bool,
     /// Ownership translation (`uidmapping=`, `squash_*`).
     pub idmap: IdMap,
+    /// Inodes the daemon keeps before asking the kernel to forget some.
+    pub max_inodes: NodeLimit,
 }
 
 impl Default for FuseOptions {
@@ -81,6 +87,7 @@ impl Default for FuseOptions {
             readdirplus: false,
             selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
             idmap: IdMap::default(),
+            max_inodes: NodeLimit::DEFAULT,
         }
     }
 }
@@ -1057,6 +1064,7 @@ pub struct MountSpec {
 /// Mounts `fs` on `mountpoint`; when this returns `Ok`, the mount is live.
 pub fn mount(fs: LayerFs, mountpoint: &Path, spec: &MountSpec) -> io::Result<Session<LayerFs>> {
     let threads = fs.opts.threads.max(1);
+    let (ov, limit) = (fs.ov.clone(), fs.opts.max_inodes);
     let mut config = Config::default();
     config.mount_options = spec.mount_options.clone();
     config.acl = if spec.allow_other {
@@ -1068,5 +1076,13 @@ pub fn mount(fs: LayerFs, mountpoint: &Path, spec: &MountSpec) -> io::Result<Ses
     };
     config.n_threads = Some(threads);
     config.clone_fd = threads > 1;
-    Session::new(fs, mountpoint, &config)
+    let session = Session::new(fs, mountpoint, &config)?;
+    if limit.is_bounded() {
+        // Best effort: without it the mount works, unbounded.
+        let r = session.as_fd().try_clone_to_owned();
+        if let Err(e) = r.and_then(|dev| prune::spawn(&ov, dev, limit)) {
+            warn!("cannot start the pruner ({e}): max_inodes is not enforced");
+        }
+    }
+    Ok(session)
 }

@@ -16,6 +16,9 @@
 //!   one path component at a time with `O_NOFOLLOW`: nothing resolves a
 //!   symlink inside a layer;
 //! - no map guard or cache lock is held across a system call that can block.
+//! - a node's `used` stamp is refreshed whenever an operation reads the node;
+//!   above `max_inodes` nodes, the least recently used are offered to the
+//!   kernel for forgetting (see `prune.rs`); nothing but FORGET frees one.
 //!
 //! Lock order: `nodes` shard guards are leaves (never held while taking any
 //! other lock); `dirfds` and `listings` mutexes are leaves too.
@@ -24,25 +27,28 @@ use std::ffi::{CStr, CString, OsStr};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dashmap::DashMap;
 use log::debug;
 use lru::LruCache;
 
 use super::layers::Stack;
+use super::prune::{self, NodeLimit, Picker};
 use super::rules::{
     self, DirFacts, EntryKind, LayerEntry, OPAQUE_MARKER, OPAQUE_XATTRS, Place, Probe,
     REDIRECT_XATTRS, Redirect,
 };
-use super::types::{Ino, LayerIdx};
+use super::types::{CompactLayers, CompactName, Ino, LayerIdx};
 use crate::sys::{self, Errno, FileKind, Stat, StatFs, SysResult};
 
 /// Directory fds kept open (per layer) for lookups without path walks.
 const DIRFD_CACHE: usize = 8192;
-/// Entries of merged listings kept in memory, over all directories.
-const LISTING_CACHE_ENTRIES: usize = 256 * 1024;
+/// Entries of merged listings kept in memory, over all directories (about
+/// 64 bytes each). A walk lists each directory once, so a bigger cache
+/// mostly costs memory.
+const LISTING_CACHE_ENTRIES: usize = 64 * 1024;
 
 /// Prefixes of extended attributes that belong to the overlay machinery and
 /// are never shown through the mount.
@@ -66,18 +72,20 @@ pub(super) type Alias = (Ino, Box<[u8]>);
 pub(super) struct Node {
     /// The name operations use; for a hard link, one of its names.
     pub(super) parent: Ino,
-    pub(super) name: Box<[u8]>,
+    pub(super) name: CompactName,
     /// The other names of a hard link seen through the mount (each, like the
     /// main name, holds a reference on its parent). Usually `None`.
     // Boxed so that the common case (no other name) costs one pointer.
     #[allow(clippy::box_collection)]
     pub(super) aliases: Option<Box<Vec<Alias>>>,
     pub(super) kind: FileKind,
-    pub(super) layers: Box<[LayerIdx]>,
+    pub(super) layers: CompactLayers,
     /// For a directory found through redirects: its place in the layers
     /// below each one (see [`rules::place_in`]). Usually `None`.
     pub(super) redirects: Option<Box<[Redirect]>>,
     pub(super) refs: u64,
+    /// When it was last used, on [`Overlay`]'s use clock (for pruning).
+    pub(super) used: AtomicU32,
 }
 
 impl Node {
@@ -120,7 +128,8 @@ impl NodeInfo {
 /// One entry of a merged listing, as readdir returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirItem {
-    pub name: Box<[u8]>,
+    /// Inline for most names: a cached listing costs one allocation.
+    pub name: CompactName,
     pub ino: Ino,
     pub kind: FileKind,
     /// The layer that served it when the listing was read.
@@ -213,7 +222,10 @@ impl ListingCache {
 /// The merged view of a stack of layers.
 pub struct Overlay {
     pub(super) stack: Stack,
-    pub(super) nodes: DashMap<Ino, Node>,
+    /// Boxed: the table keeps about twice as many slots as nodes (removals
+    /// leave tombstones until it is rebuilt), and a slot of a pointer costs
+    /// a sixth of a slot of a node.
+    pub(super) nodes: DashMap<Ino, Box<Node>>,
     dirfds: Mutex<LruCache<(Ino, LayerIdx), Arc<OwnedFd>>>,
     listings: Mutex<ListingCache>,
     pub(super) handles: DashMap<u64, Arc<Handle>>,
@@ -233,6 +245,26 @@ pub struct Overlay {
     pub(super) counters: super::stats::Counters,
     /// The copy-on-write event sink, when tracing (see `trace.rs`).
     pub(super) tracer: std::sync::OnceLock<super::trace::Tracer>,
+    /// Bounding the node table (see `prune.rs`).
+    pruning: Pruning,
+}
+
+/// The state of node-table pruning.
+#[derive(Default)]
+struct Pruning {
+    /// `max_inodes`; 0 until a pruner is attached.
+    limit: AtomicUsize,
+    /// Nodes in the table (`DashMap::len` would lock every shard).
+    live: AtomicUsize,
+    /// The most nodes the table held at once.
+    peak: AtomicUsize,
+    /// The use clock: ticks once per node created.
+    clock: AtomicU32,
+    /// Set when the table outgrew the limit and the pruner was woken; the
+    /// pruner clears it when it starts a pass.
+    wanted: AtomicBool,
+    /// The thread that asks the kernel to forget inodes.
+    pruner: OnceLock<std::thread::Thread>,
 }
 
 /// The found object of a name lookup, before the kernel is told about it.
@@ -266,15 +298,16 @@ impl Overlay {
         let nodes = DashMap::new();
         nodes.insert(
             Ino::ROOT,
-            Node {
+            Box::new(Node {
                 parent: Ino::ROOT,
-                name: Box::new([]),
+                name: CompactName::from(&b""[..]),
                 aliases: None,
                 kind: FileKind::Dir,
-                layers: stack.all().into_boxed_slice(),
+                layers: CompactLayers::from(&stack.all()[..]),
                 redirects: None,
                 refs: 1,
-            },
+                used: AtomicU32::new(0),
+            }),
         );
         let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         Ok(Overlay {
@@ -293,7 +326,83 @@ impl Overlay {
             upper,
             counters: Default::default(),
             tracer: std::sync::OnceLock::new(),
+            pruning: Pruning {
+                live: AtomicUsize::new(1),
+                peak: AtomicUsize::new(1),
+                ..Default::default()
+            },
         })
+    }
+
+    /// Bounds the node table to `limit` nodes: once it holds more, thread
+    /// `pruner` is woken (unparked) to call [`Overlay::prune_candidates`]
+    /// and ask the kernel to forget them. Only the first call counts.
+    pub fn set_pruner(&self, limit: NodeLimit, pruner: std::thread::Thread) {
+        if self.pruning.pruner.set(pruner).is_ok() {
+            self.pruning.limit.store(limit.0, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops waking the pruner (the kernel cannot prune).
+    pub fn stop_pruning(&self) {
+        self.pruning.limit.store(0, Ordering::Relaxed);
+    }
+
+    fn node_limit(&self) -> NodeLimit {
+        NodeLimit(self.pruning.limit.load(Ordering::Relaxed))
+    }
+
+    /// Counts a new node; wakes the pruner when the table is over its limit.
+    fn node_added(&self) {
+        let live = self.pruning.live.fetch_add(1, Ordering::Relaxed) + 1;
+        self.pruning.peak.fetch_max(live, Ordering::Relaxed);
+        if self.node_limit().exceeded(live)
+            && !self.pruning.wanted.swap(true, Ordering::Relaxed)
+            && let Some(t) = self.pruning.pruner.get()
+        {
+            t.unpark();
+        }
+    }
+
+    /// The nodes to ask the kernel to forget now, least recently used
+    /// first; empty while the table is within its limit. Called by the
+    /// pruner thread. The picked nodes count as used: one the kernel keeps
+    /// (in use) goes to the back of the line.
+    pub fn prune_candidates(&self) -> Vec<Ino> {
+        self.pruning.wanted.store(false, Ordering::Relaxed);
+        let want = self.node_limit().excess(self.nodes.len());
+        if want == 0 {
+            return Vec::new();
+        }
+        let open: std::collections::HashSet<Ino> = self
+            .handles
+            .iter()
+            .map(|h| match &**h.value() {
+                Handle::File { ino, .. } | Handle::Dir { ino, .. } => *ino,
+            })
+            .collect();
+        let now = self.pruning.clock.load(Ordering::Relaxed);
+        let mut picker = Picker::new(want);
+        for n in self.nodes.iter() {
+            let age = prune::age(now, n.used.load(Ordering::Relaxed));
+            picker.offer(*n.key(), age, open.contains(n.key()));
+        }
+        let picked = picker.finish();
+        debug!(
+            "prune: {} nodes, table capacity {}, picked {}",
+            self.nodes.len(),
+            self.nodes.capacity(),
+            picked.len()
+        );
+        for ino in &picked {
+            if let Some(n) = self.nodes.get(ino) {
+                n.used.store(now, Ordering::Relaxed);
+            }
+        }
+        self.counters
+            .prune_requests
+            .fetch_add(picked.len() as u64, Ordering::Relaxed);
+        picked
     }
 
     pub fn stack(&self) -> &Stack {
@@ -338,6 +447,11 @@ impl Overlay {
         self.nodes.len()
     }
 
+    /// The most inodes known at once since the mount.
+    pub fn node_peak(&self) -> usize {
+        self.pruning.peak.load(Ordering::Relaxed)
+    }
+
     /// Entries in the directory-fd cache and the merged-listing cache.
     pub(super) fn cache_sizes(&self) -> (usize, usize) {
         let fds = self.lock_dirfds().len();
@@ -355,7 +469,7 @@ impl Overlay {
             if cur == Ino::ROOT {
                 break;
             }
-            let next = self.nodes.get(&cur).map(|n| (n.name.clone(), n.parent));
+            let next = self.nodes.get(&cur).map(|n| (n.name.to_boxed(), n.parent));
             match next {
                 Some((name, parent)) => {
                     names.push(name);
@@ -420,11 +534,15 @@ impl Overlay {
     /// Copies out what an operation needs of a node, releasing the guard.
     pub(super) fn node_info(&self, ino: Ino) -> SysResult<NodeInfo> {
         let n = self.nodes.get(&ino).ok_or(Errno::ESTALE)?;
+        n.used.store(
+            self.pruning.clock.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         Ok(NodeInfo {
             parent: n.parent,
-            name: n.name.clone(),
+            name: n.name.to_boxed(),
             kind: n.kind,
-            layers: n.layers.clone(),
+            layers: n.layers.to_boxed(),
             redirects: n.redirects.clone(),
         })
     }
@@ -590,7 +708,14 @@ impl Overlay {
             self.link_up_alias(parent, name, &mut found);
         }
         let kind = found.stat.kind();
-        self.remember(found.ino, parent, name, kind, found.layers, found.redirects);
+        self.remember(
+            found.ino,
+            parent,
+            name,
+            kind,
+            &found.layers,
+            found.redirects,
+        );
         Ok(found.stat)
     }
 
@@ -619,7 +744,7 @@ impl Overlay {
             dir,
             &item.name,
             kind,
-            found.layers,
+            &found.layers,
             found.redirects,
         );
         Ok(found.stat)
@@ -804,10 +929,11 @@ impl Overlay {
         parent: Ino,
         name: &[u8],
         kind: FileKind,
-        layers: Box<[LayerIdx]>,
+        layers: &[LayerIdx],
         redirects: Option<Box<[Redirect]>>,
     ) {
         let mut new_name = false;
+        let mut created = false;
         // Every name of the old object is gone (or its type differs): a new
         // object got its freed inode number, and the node now stands for it.
         let reused = self.orphans.remove(&ino).is_some();
@@ -816,6 +942,10 @@ impl Overlay {
             .entry(ino)
             .and_modify(|n| {
                 n.refs += 1;
+                n.used.store(
+                    self.pruning.clock.fetch_add(1, Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
                 if reused || n.kind != kind {
                     released.push(n.parent);
                     released.extend(
@@ -827,7 +957,7 @@ impl Overlay {
                     n.parent = parent;
                     n.name = name.into();
                     n.kind = kind;
-                    n.layers = layers.clone();
+                    n.layers = CompactLayers::from(layers);
                     n.redirects = redirects.clone();
                     new_name = true;
                     return;
@@ -844,22 +974,27 @@ impl Overlay {
                     && self.upper.is_some()
                     && n.layers.first() == Some(&LayerIdx(0));
                 if !upper_copy {
-                    n.layers = layers.clone();
+                    n.layers = CompactLayers::from(layers);
                     n.redirects = redirects.clone();
                 }
             })
             .or_insert_with(|| {
                 new_name = true;
-                Node {
+                created = true;
+                Box::new(Node {
                     parent,
                     name: name.into(),
                     aliases: None,
                     kind,
-                    layers,
+                    layers: CompactLayers::from(layers),
                     redirects,
                     refs: 1,
-                }
+                    used: AtomicU32::new(self.pruning.clock.fetch_add(1, Ordering::Relaxed)),
+                })
             });
+        if created {
+            self.node_added();
+        }
         if new_name && let Some(mut p) = self.nodes.get_mut(&parent) {
             p.refs += 1;
         }
@@ -918,7 +1053,7 @@ impl Overlay {
                     match n.aliases.as_mut().and_then(|a| a.pop()) {
                         Some((p, nm)) => {
                             n.parent = p;
-                            n.name = nm;
+                            n.name = nm.into();
                             true
                         }
                         None => false,
@@ -957,9 +1092,9 @@ impl Overlay {
     }
 
     /// Sets the layers of node `ino` (after a copy-up).
-    pub(super) fn set_layers(&self, ino: Ino, layers: Box<[LayerIdx]>) {
+    pub(super) fn set_layers(&self, ino: Ino, layers: &[LayerIdx]) {
         if let Some(mut n) = self.nodes.get_mut(&ino) {
-            n.layers = layers;
+            n.layers = CompactLayers::from(layers);
         }
     }
 
@@ -982,6 +1117,7 @@ impl Overlay {
         let Some((_, node)) = self.nodes.remove_if(&ino, |_, node| node.refs == 0) else {
             return;
         };
+        self.pruning.live.fetch_sub(1, Ordering::Relaxed);
         self.forget_caches(ino);
         self.orphans.remove(&ino);
         self.forget(node.parent, 1);
@@ -1320,13 +1456,13 @@ impl Overlay {
         let mut items = Vec::with_capacity(merged.len() + 2);
         let top = layers.first().copied().unwrap_or(LayerIdx(0));
         items.push(DirItem {
-            name: (*b".").into(),
+            name: CompactName::from(&b"."[..]),
             ino,
             kind: FileKind::Dir,
             layer: top,
         });
         items.push(DirItem {
-            name: (*b"..").into(),
+            name: CompactName::from(&b".."[..]),
             ino: parent,
             kind: FileKind::Dir,
             layer: top,
@@ -1342,7 +1478,7 @@ impl Overlay {
             }
             items.push(DirItem {
                 ino: self.map_ino(m.layer, m.ino),
-                name: m.name.into_boxed_slice(),
+                name: CompactName::from(&m.name[..]),
                 kind: m.kind,
                 layer: m.layer,
             });
@@ -1501,7 +1637,7 @@ impl Overlay {
             .nodes
             .iter()
             .filter(|n| *n.key() != Ino::ROOT && n.kind == FileKind::Dir)
-            .map(|n| (*n.key(), n.parent, n.name.clone(), n.layers.clone()))
+            .map(|n| (*n.key(), n.parent, n.name.to_boxed(), n.layers.to_boxed()))
             .collect();
         let parents: std::collections::HashMap<Ino, Ino> =
             dirs.iter().map(|d| (d.0, d.1)).collect();
@@ -1527,9 +1663,9 @@ impl Overlay {
             };
             if layers != old
                 && let Some(mut n) = self.nodes.get_mut(&ino)
-                && n.layers == old
+                && *n.layers == *old
             {
-                n.layers = layers;
+                n.layers = CompactLayers::from(&*layers);
                 n.redirects = redirects;
                 out.dirs_changed += 1;
             }
@@ -1538,7 +1674,7 @@ impl Overlay {
         for n in self.nodes.iter() {
             out.inodes.push(*n.key());
             if *n.key() != Ino::ROOT {
-                out.names.push((n.parent, n.name.clone()));
+                out.names.push((n.parent, n.name.to_boxed()));
                 let aliases = n.aliases.iter().flat_map(|a| a.iter());
                 out.names.extend(aliases.map(|(p, nm)| (*p, nm.clone())));
             }
@@ -1550,7 +1686,7 @@ impl Overlay {
             if let Ok(l) = self.listing(d) {
                 // `.` and `..` come first and are never cached as entries.
                 out.names
-                    .extend(l.iter().skip(2).map(|i| (d, i.name.clone())));
+                    .extend(l.iter().skip(2).map(|i| (d, i.name.to_boxed())));
             }
         }
         out.names.sort_unstable();

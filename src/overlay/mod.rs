@@ -8,6 +8,8 @@
 //! - [`explain`]: replaying a lookup to explain a path (pure);
 //! - [`idmap`]: ownership translation (`uidmapping=`, `squash_*`) and the
 //!   ids of the daemon's user namespace (pure, but for reading its maps);
+//! - [`prune`]: which inodes to let go when the node table is over its
+//!   bound (pure);
 //! - [`trace`]: copy-on-write events and their JSON Lines sink;
 //! - [`stats`]: counters of a running mount.
 //!
@@ -18,6 +20,7 @@ pub mod explain;
 pub mod fs;
 pub mod idmap;
 pub mod layers;
+pub mod prune;
 pub mod rules;
 pub mod stats;
 pub mod trace;
@@ -27,5 +30,6 @@ pub mod write;
 pub use fs::{DirItem, Handle, Overlay, Refreshed};
 pub use idmap::IdMap;
 pub use layers::{Role, Stack, StackError};
+pub use prune::NodeLimit;
 pub use types::{Ino, InoScheme, LayerIdx};
 pub use write::{Caller, SetAttr, UpperOptions, WhiteoutMode};

@@ -25,6 +25,8 @@ pub struct Counters {
     pub(super) whiteouts: AtomicU64,
     pub(super) opaque_dirs: AtomicU64,
     pub(super) renames: AtomicU64,
+    /// Inodes the kernel was asked to forget (`max_inodes`).
+    pub(super) prune_requests: AtomicU64,
 }
 
 impl Counters {
@@ -77,10 +79,17 @@ pub struct Snapshot {
     pub open_dirs: u64,
     /// Inodes the kernel holds references to.
     pub inodes: u64,
+    /// The most inodes held at once since the mount.
+    #[serde(default)]
+    pub inodes_peak: u64,
     /// Cached directory fds.
     pub dirfd_cache: u64,
     /// Entries held by the merged-listing cache.
     pub listing_cache_entries: u64,
+    /// Inodes the kernel was asked to forget to keep the daemon within
+    /// `max_inodes` (it keeps those in use).
+    #[serde(default)]
+    pub prune_requests: u64,
     /// The trace file, when tracing.
     #[serde(default)]
     pub trace: Option<String>,
@@ -108,11 +117,13 @@ impl Snapshot {
             ("open files", self.open_files.to_string()),
             ("open directories", self.open_dirs.to_string()),
             ("inodes in memory", self.inodes.to_string()),
+            ("inodes in memory, peak", self.inodes_peak.to_string()),
             ("cached directory fds", self.dirfd_cache.to_string()),
             (
                 "cached listing entries",
                 self.listing_cache_entries.to_string(),
             ),
+            ("inodes pruned (asked)", self.prune_requests.to_string()),
         ];
         if let Some(t) = &self.trace {
             rows.push(("trace file", t.clone()));
@@ -148,8 +159,10 @@ impl Overlay {
             open_files,
             open_dirs,
             inodes: self.nodes.len() as u64,
+            inodes_peak: self.node_peak() as u64,
             dirfd_cache: dirfd_cache as u64,
             listing_cache_entries: listing_cache_entries as u64,
+            prune_requests: get(&c.prune_requests),
             trace: self
                 .tracer()
                 .map(|t| t.path().to_string_lossy().into_owned()),

@@ -623,7 +623,7 @@ impl Overlay {
         } else {
             Box::new([UPPER])
         };
-        self.set_layers(ino, layers);
+        self.set_layers(ino, &layers);
         if st.kind() == FileKind::Regular && st.nlink > 1 {
             self.index_copy(&dst_pfd, &name, &st);
         }
@@ -690,7 +690,7 @@ impl Overlay {
                 Err(e) => return Err(e),
             }
         }
-        self.set_layers(ino, Box::new([UPPER]));
+        self.set_layers(ino, &[UPPER]);
         self.note_copy_up(ino, &st, method, started);
         debug!(
             "completed the data of {} ({ino})",
@@ -994,7 +994,7 @@ impl Overlay {
         let ino = self.map_ino(UPPER, st.ino);
         st.ino = ino.0;
         let kind = st.kind();
-        self.remember(ino, parent, name, kind, Box::new([UPPER]), None);
+        self.remember(ino, parent, name, kind, &[UPPER], None);
         Ok(st)
     }
 
@@ -1101,7 +1101,7 @@ impl Overlay {
         let mut st = sys::fstatat(pfd.as_fd(), &cname)?;
         st.ino = ino.0;
         self.adjust_nlink(&mut st, &sys::proc_fd_path(pfd.as_fd(), Some(&cname)));
-        self.remember(ino, newparent, newname, st.kind(), Box::new([UPPER]), None);
+        self.remember(ino, newparent, newname, st.kind(), &[UPPER], None);
         Ok(st)
     }
 
@@ -1187,7 +1187,7 @@ impl Overlay {
                 parent,
                 name,
                 FileKind::Dir,
-                found.layers.clone(),
+                &found.layers,
                 found.redirects.clone(),
             );
         }
