@@ -50,7 +50,7 @@ MOUNT OPTIONS:
                           how deletions are recorded in upperdir (auto: char
                           device 0/0 when allowed, else .wh.NAME files)
   timeout=SECONDS         how long the kernel caches names and attributes (86400)
-  threads=N, threaded=0|1 request-serving threads (4)
+  threads=N, threaded=0|1 request-serving threads (one per CPU, 2 to 8)
   passthrough=on|off      FUSE passthrough for open files (on when root in the
                           initial user namespace and the kernel offers it)
   writeback=on|off        the kernel's writeback cache for writable mounts (on

@@ -370,7 +370,11 @@ impl MountOptions {
                 Ok(())
             }
             ("threaded", Some(v)) => {
-                self.threads = Some(if parse_bool(key, v)? { 4 } else { 1 });
+                self.threads = Some(if parse_bool(key, v)? {
+                    crate::fuse::default_threads()
+                } else {
+                    1
+                });
                 Ok(())
             }
             ("threads", Some(v)) => {

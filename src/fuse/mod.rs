@@ -65,7 +65,7 @@ pub struct FuseOptions {
     /// mount decide (on where there is no passthrough), `Some(true)` also
     /// gives up passthrough for it, `Some(false)` never.
     pub writeback: Option<bool>,
-    /// Reader threads.
+    /// Request-serving threads.
     pub threads: usize,
     /// Answer READDIRPLUS (attributes with listings).
     pub readdirplus: bool,
@@ -83,7 +83,7 @@ impl Default for FuseOptions {
             timeout: Duration::from_secs(86400),
             passthrough: true,
             writeback: None,
-            threads: 4,
+            threads: default_threads(),
             readdirplus: false,
             selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
             idmap: IdMap::default(),
@@ -118,6 +118,18 @@ thread_local! {
     /// Each reader thread's buffer for READ replies: reused, so a read
     /// costs no allocation (and no page faults on fresh memory).
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One request-serving thread per CPU, at least 2 and at most 8. The
+/// kernel wakes the thread that has waited longest for each request, so
+/// threads beyond the CPUs only add cold wake-ups: on 2 cores, rootless 4k
+/// random reads (each a READ round trip) ran at 47k IOPS with 4 threads and
+/// 87k with 2; writes, walks and sequential reads did not change.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8)
 }
 
 /// A passthrough backing file shared by every open of one inode.
