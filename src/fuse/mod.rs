@@ -50,7 +50,7 @@ use fuser::{
 };
 use log::{debug, info, warn};
 
-use crate::overlay::fs::may_access;
+use crate::overlay::fs::{Listing, may_access};
 use crate::overlay::{Caller, IdMap, Ino, NodeLimit, Overlay, Refreshed, SetAttr};
 use crate::sys::{Errno, FileKind, SetTime, Stat, Timespec};
 
@@ -297,6 +297,15 @@ impl LayerFs {
         }
     }
 
+    /// The listing a READDIR(PLUS) reads: the open handle's snapshot, or
+    /// for handle 0 (no OPENDIR) a snapshot by directory.
+    fn listing(&self, ino: INodeNo, fh: FileHandle, offset: u64) -> Result<Listing, Errno> {
+        match fh.0 {
+            0 => self.ov.readdir_listing(Ino(ino.0), offset),
+            fh => self.ov.dir_listing(fh),
+        }
+    }
+
     /// Serves handle `fh` of `ino` through the daemon on a passthrough mount.
     fn open_plain(&self, ino: Ino, fh: u64) {
         *self.plain_opens.entry(ino).or_insert(0) += 1;
@@ -536,28 +545,25 @@ impl fuser::Filesystem for LayerFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.ov.opendir(Ino(ino.0)) {
-            // The kernel may keep the listing in its page cache: every change
-            // to a directory goes through this mount, which makes the kernel
-            // drop that cache itself.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(ferr(e)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS makes the kernel stop sending OPENDIR and RELEASEDIR (two
+        // round trips per directory opened) and open every directory as if
+        // we had answered FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE: it keeps the
+        // listing in its page cache (every change to a directory goes
+        // through this mount, which makes the kernel drop that cache; see
+        // also `layerfs refresh`). READDIR then comes with handle 0.
+        reply.error(FErrno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listing = match self.ov.dir_listing(fh.0) {
+        let listing = match self.listing(ino, fh, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(ferr(e)),
         };
@@ -583,7 +589,7 @@ impl fuser::Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listing = match self.ov.dir_listing(fh.0) {
+        let listing = match self.listing(ino, fh, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(ferr(e)),
         };

@@ -21,7 +21,8 @@
 //!   kernel for forgetting (see `prune.rs`); nothing but FORGET frees one.
 //!
 //! Lock order: `nodes` shard guards are leaves (never held while taking any
-//! other lock); `dirfds` and `listings` mutexes are leaves too.
+//! other lock); `dirfds`, `listings` and `readdir_snapshots` mutexes are
+//! leaves too.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::num::NonZeroUsize;
@@ -49,6 +50,9 @@ const DIRFD_CACHE: usize = 8192;
 /// 64 bytes each). A walk lists each directory once, so a bigger cache
 /// mostly costs memory.
 const LISTING_CACHE_ENTRIES: usize = 64 * 1024;
+
+/// Directories read at once without an open handle (see `readdir_listing`).
+const READDIR_SNAPSHOTS: usize = 64;
 
 /// Prefixes of extended attributes that belong to the overlay machinery and
 /// are never shown through the mount.
@@ -228,6 +232,10 @@ pub struct Overlay {
     pub(super) nodes: DashMap<Ino, Box<Node>>,
     dirfds: Mutex<LruCache<(Ino, LayerIdx), Arc<OwnedFd>>>,
     listings: Mutex<ListingCache>,
+    /// For READDIR without an open handle (the kernel skips OPENDIR): the
+    /// listing a read from offset 0 took, so that its later chunks index the
+    /// same snapshot. A few directories at once are read this way.
+    readdir_snapshots: Mutex<LruCache<Ino, Listing>>,
     pub(super) handles: DashMap<u64, Arc<Handle>>,
     next_fh: AtomicU64,
     /// Upper-layer inode number -> the merged inode it was copied up for, so
@@ -318,6 +326,7 @@ impl Overlay {
                 lru: LruCache::unbounded(),
                 entries: 0,
             }),
+            readdir_snapshots: Mutex::new(LruCache::new(cap(READDIR_SNAPSHOTS))),
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
             origins: DashMap::new(),
@@ -1383,6 +1392,28 @@ impl Overlay {
             ino,
             listing: Mutex::new(None),
         }))
+    }
+
+    /// The listing of directory `ino` for a READDIR at `offset` that comes
+    /// without an open handle: a snapshot taken at offset 0, reused by the
+    /// chunks after it (taken again if it was dropped meanwhile).
+    pub fn readdir_listing(&self, ino: Ino, offset: u64) -> SysResult<Listing> {
+        let snaps = || {
+            self.readdir_snapshots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if offset > 0
+            && let Some(l) = snaps().get(&ino).cloned()
+        {
+            return Ok(l);
+        }
+        if self.node_info(ino)?.kind != FileKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let l = self.listing(ino)?;
+        snaps().put(ino, l.clone());
+        Ok(l)
     }
 
     /// The listing snapshot of an open directory, taken on first use.
