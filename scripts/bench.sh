@@ -21,7 +21,7 @@ HELPERS="$SCRIPT_DIR/bench"
 # more metrics. Order here is the order in the report.
 READ_GROUPS=(find lsR tar seqread randread pyimport)
 # not run by default (disk-bound; on a VM the host cache makes it noisy): seqread_cold
-WRITE_GROUPS=(copyup append chmod untar seqwrite randwrite git make)
+WRITE_GROUPS=(copyup copyup_volatile append chmod untar seqwrite randwrite git make)
 ALL_IMPLS=(native kernel fo1 fo2 layerfs)
 
 usage() {
@@ -33,7 +33,7 @@ Usage: scripts/bench.sh [options]
   --write            also run the write workloads (mounts with upperdir/workdir)
   --only LIST        workload groups or metrics, comma-separated, e.g. find,lsR or lsR_cold
                      read:  find lsR tar seqread randread pyimport (and seqread_cold, not in the default set)
-                     write: copyup append chmod untar(+rm) seqwrite randwrite git make
+                     write: copyup copyup_volatile append chmod untar(+rm) seqwrite randwrite git make
   --impls LIST       subset of: native,kernel,fo1,fo2,layerfs (default: all)
   --work DIR         scratch/cache dir (default /var/tmp/layerfs-bench, env LAYERFS_BENCH_WORK)
   --out FILE         report file (default docs/benchmarks.md; with --quick WORK/benchmarks-quick.md;
@@ -116,6 +116,7 @@ group_of() {
     tar) echo tar ;;
     seqread|seqread_cold|randread|copyup|append|chmod|seqwrite|randwrite|make) echo "$1" ;;
     pyimport|pyimport_cold|pyimport_warm) echo pyimport ;;
+    copyup_volatile|volatile) echo copyup_volatile ;;
     untar|rm) echo untar ;;
     git|gitstatus|git_status_1|git_status_2) echo git ;;
     *) return 1 ;;
@@ -397,6 +398,13 @@ mount_impl() {
   DPID=""
   opts="lowerdir=$(lower_spec)"
   [[ -n $upper ]] && opts+=",upperdir=$upper,workdir=$work"
+  # volatile mounts: no fsync on copy-up, fsync a no-op (each implementation's own option)
+  if ((${B_VOLATILE:-0})) && [[ -n $upper ]]; then
+    case $impl in
+      kernel|layerfs) opts+=",volatile" ;;
+      fo1|fo2) opts+=",fsync=0" ;;
+    esac
+  fi
   case $impl in
     native)
       M=$B_STACK/native
@@ -469,7 +477,7 @@ own_daemon() { # is pid $1 still the daemon we started for mount point $2
 prep_native_rw() {
   local group=$1 d=$2 n=$B_STACK/native
   case $group in
-    copyup) tar -C "$n" -cf - -T "$B_STACK/copyup.list" | tar -C "$d" -xf - ;;
+    copyup|copyup_volatile) tar -C "$n" -cf - -T "$B_STACK/copyup.list" | tar -C "$d" -xf - ;;
     append) mkdir -p "$d/data" && cp "$n/data/big.bin" "$d/data/" ;;
     chmod) mkdir -p "$d/usr" && cp -a "$n/usr/include" "$d/usr/" ;;
     git) mkdir -p "$d/src" && cp -a "$n/src/repo" "$d/src/" &&
@@ -508,6 +516,8 @@ run_cell() {
     tar) prewarm "$impl" tree ;;
   esac
   local t0 t1
+  B_VOLATILE=0
+  [[ $group == copyup_volatile ]] && B_VOLATILE=1
   t0=$(now_us)
   if ! mount_impl "$impl" "$mnt" "$upper" "$work"; then
     local m
@@ -518,7 +528,7 @@ run_cell() {
   t1=$(now_us)
   [[ $group == find && $impl != native ]] && record "$rep" "$impl" mount time $((t1 - t0)) 0 ok
   case $group in
-    find|lsR|seqread_cold|copyup|append|chmod|untar|seqwrite|randwrite|git|make|pyimport) drop_caches ;;
+    find|lsR|seqread_cold|copyup|copyup_volatile|append|chmod|untar|seqwrite|randwrite|git|make|pyimport) drop_caches ;;
   esac
 
   case $group in
@@ -545,6 +555,11 @@ run_cell() {
     copyup)
       timed "$rep" "$impl" copyup time 0 bash -c \
         'while IFS= read -r f; do printf x >>"$1/$f" || exit 1; done <"$2" && sync' _ "$M" "$B_STACK/copyup.list" ;;
+    copyup_volatile)
+      # no sync: a volatile mount promises no durability (a global sync would
+      # flush the upper file system anyway)
+      timed "$rep" "$impl" copyup_volatile time 0 bash -c \
+        'while IFS= read -r f; do printf x >>"$1/$f" || exit 1; done <"$2"' _ "$M" "$B_STACK/copyup.list" ;;
     append)
       timed "$rep" "$impl" append time 0 bash -c 'printf x >>"$1/data/big.bin" && sync' _ "$M" ;;
     chmod)

@@ -33,6 +33,7 @@ METRICS = [
     ("pyimport_cold", "Python: import 500 modules (bytecode) from the mount, cold", "s"),
     ("pyimport_warm", "Python: import 500 modules (bytecode) from the mount, warm", "s"),
     ("copyup", "copy-up: append 1 byte to 2,000 small lower files", "s"),
+    ("copyup_volatile", "the same copy-up on volatile mounts (kernel and layerfs `-o volatile`, fuse-overlayfs `fsync=0`), no sync", "s"),
     ("append", "append 1 byte to the 1 GiB lower file", "s"),
     ("chmod", "`chmod -R g+w` over a lower tree (usr/include)", "s"),
     ("untar", "untar 20,000 entries into the mount", "s"),
