@@ -78,7 +78,9 @@ fn compare_with_fresh_kernel(base: &Path, upper: &Path, lowers: &[std::path::Pat
 
 #[test]
 fn refresh_after_lower_layer_changes() {
-    if !common::mount_tests_required() || common::is_fuse_overlayfs() {
+    // With LAYERFS_BIN pointing at fuse-overlayfs this fails: it has no way
+    // to make a running mount see changed lower layers.
+    if !common::mount_tests_required() {
         return;
     }
     let dir = common::temp_base();
