@@ -28,13 +28,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::explain::{ExplainError, observe, opaque_of};
+use super::explain::{ExplainError, observe, opaque_of, redirect_of};
 use super::layers::{self, Target, TargetError};
 use super::state;
 use crate::overlay::Role;
@@ -42,7 +42,7 @@ use crate::overlay::explain::{Outcome, join_path, walk};
 use crate::overlay::rules::{self, EntryKind, LayerEntry, NameClass};
 use crate::overlay::{Ino, LayerIdx};
 use crate::store::Store;
-use crate::store::merged::MergedView;
+use crate::store::merged::{MergedError, MergedView};
 use crate::sys::{self, Errno, FileKind, Stat};
 
 /// Files the runner bind-mounts into containers.
@@ -143,10 +143,12 @@ pub enum DiffError {
         path: String,
         cause: Errno,
     },
-    /// Reading the merged view (the contents of a renamed directory).
+    /// Opening the merged view of the layers (for a renamed directory).
+    MergedView(MergedError),
+    /// Reading a path through that view.
     Merged {
         path: String,
-        cause: String,
+        cause: Errno,
     },
 }
 
@@ -156,6 +158,7 @@ impl fmt::Display for DiffError {
             DiffError::Target(e) => e.fmt(f),
             DiffError::Explain(e) => e.fmt(f),
             DiffError::Usage(s) => f.write_str(s),
+            DiffError::MergedView(e) => e.fmt(f),
             DiffError::Merged { path, cause } => write!(
                 f,
                 "cannot read {path} in the merged view of the layers: {cause}"
@@ -337,7 +340,7 @@ pub fn collect(t: &Target) -> Result<Vec<(Vec<u8>, Fact)>, DiffError> {
                 // A renamed directory's contents come from its old place:
                 // what the lower view shows at its new path is replaced,
                 // and what it brings along is added.
-                let renamed = is_redirected(&fd, &name).map_err(err)?;
+                let renamed = redirect_of(&fd, &name).map_err(err)?.is_some();
                 if renamed {
                     let view = match &merged {
                         Some(v) => v,
@@ -369,31 +372,10 @@ pub fn collect(t: &Target) -> Result<Vec<(Vec<u8>, Fact)>, DiffError> {
     Ok(facts)
 }
 
-/// Whether directory `name` in `parent` was renamed by redirect.
-fn is_redirected(parent: &OwnedFd, name: &[u8]) -> Result<bool, Errno> {
-    let cname = sys::cstr(OsStr::from_bytes(name))?;
-    let path = sys::proc_fd_path(parent.as_fd(), Some(&cname));
-    for x in rules::REDIRECT_XATTRS {
-        match sys::lgetxattr(&path, x) {
-            Ok(_) => return Ok(true),
-            Err(e)
-                if e == Errno::ENODATA
-                    || e.0 == libc::EOPNOTSUPP
-                    || e == Errno::EPERM
-                    || e == Errno::EACCES => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(false)
-}
-
 fn merged_view(upper: &layers::LayerDesc, lowers: &Target) -> Result<MergedView, DiffError> {
     let mut dirs = vec![upper.dir.clone()];
     dirs.extend(lowers.layers.iter().map(|l| l.dir.clone()));
-    MergedView::open(&dirs).map_err(|e| DiffError::Merged {
-        path: "/".into(),
-        cause: e.to_string(),
-    })
+    MergedView::open(&dirs).map_err(DiffError::MergedView)
 }
 
 /// Adds, as new, what a renamed directory at `comps` shows that the upper
@@ -403,17 +385,14 @@ fn brought_along(
     comps: &[Vec<u8>],
     facts: &mut Vec<(Vec<u8>, Fact)>,
 ) -> Result<(), DiffError> {
-    let err = |c: &[Vec<u8>]| {
-        let path = String::from_utf8_lossy(&join_path(c)).into_owned();
-        move |e: Errno| DiffError::Merged {
-            path,
-            cause: e.to_string(),
-        }
+    let err = |c: &[Vec<u8>], cause: Errno| DiffError::Merged {
+        path: String::from_utf8_lossy(&join_path(c)).into_owned(),
+        cause,
     };
-    let (ino, _) = view.lookup(&join_path(comps)).map_err(err(comps))?;
+    let (ino, _) = view.lookup(&join_path(comps)).map_err(|e| err(comps, e))?;
     let mut todo = vec![(comps.to_vec(), ino)];
     while let Some((dir, ino)) = todo.pop() {
-        for item in view.list(ino).map_err(err(&dir))? {
+        for item in view.list(ino).map_err(|e| err(&dir, e))? {
             let mut c = dir.clone();
             c.push(item.name.to_vec());
             let is_dir = item.kind == FileKind::Dir;
@@ -427,7 +406,7 @@ fn brought_along(
                 ));
             }
             if is_dir {
-                let st = view.child(ino, &item.name).map_err(err(&c))?;
+                let st = view.child(ino, &item.name).map_err(|e| err(&c, e))?;
                 todo.push((c, Ino(st.ino)));
             }
         }

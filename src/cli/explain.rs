@@ -121,6 +121,12 @@ fn cstr(b: &[u8]) -> Result<std::ffi::CString, Errno> {
     sys::cstr(OsStr::from_bytes(b))
 }
 
+/// An xattr read that means "not there" as the mount reads it: missing,
+/// unsupported, or not readable (trusted.* without privileges).
+pub(super) fn xattr_absent(e: Errno) -> bool {
+    e == Errno::ENODATA || e.0 == libc::EOPNOTSUPP || e == Errno::EPERM || e == Errno::EACCES
+}
+
 /// How directory `name` in `parent` is opaque, checked in the mount's order.
 pub(super) fn opaque_of(parent: &OwnedFd, name: &[u8]) -> Result<Option<OpaqueEnc>, Errno> {
     let mut wh = WH_PREFIX.to_vec();
@@ -138,11 +144,7 @@ pub(super) fn opaque_of(parent: &OwnedFd, name: &[u8]) -> Result<Option<OpaqueEn
                 return Ok(Some(OpaqueEnc::Xattr(x.to_string_lossy().into_owned())));
             }
             Ok(_) => {}
-            Err(e)
-                if e == Errno::ENODATA
-                    || e.0 == libc::EOPNOTSUPP
-                    || e == Errno::EPERM
-                    || e == Errno::EACCES => {}
+            Err(e) if xattr_absent(e) => {}
             Err(e) => return Err(e),
         }
     }
@@ -184,16 +186,12 @@ fn origin_xattrs(path: &CStr) -> Vec<(String, String)> {
 /// Where directory `name` in `parent` continues below, if it was renamed by
 /// redirect (an unreadable or malformed value is no redirect, as on the
 /// mount).
-fn redirect_of(parent: &OwnedFd, name: &[u8]) -> Result<Option<Place>, Errno> {
+pub(super) fn redirect_of(parent: &OwnedFd, name: &[u8]) -> Result<Option<Place>, Errno> {
     let path = sys::proc_fd_path(parent.as_fd(), Some(&cstr(name)?));
     for x in REDIRECT_XATTRS {
         match sys::lgetxattr(&path, x) {
             Ok(v) => return Ok(rules::parse_redirect(&v).ok()),
-            Err(e)
-                if e == Errno::ENODATA
-                    || e.0 == libc::EOPNOTSUPP
-                    || e == Errno::EPERM
-                    || e == Errno::EACCES => {}
+            Err(e) if xattr_absent(e) => {}
             Err(e) => return Err(e),
         }
     }

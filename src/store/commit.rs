@@ -183,6 +183,14 @@ enum Item {
     Object(PathBuf, fs::Metadata),
 }
 
+/// A hard-linked file: by (dev, ino) in the upper layer, by merged inode
+/// when the merged view serves it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum LinkKey {
+    Upper(u64, u64),
+    Merged(u64),
+}
+
 /// Owner and mode of an entry, after `override_stat`.
 struct Owner {
     uid: u64,
@@ -276,7 +284,6 @@ pub fn write_layer<W: Write>(
     let mut w = LayerWriter {
         tar: tar::Builder::new(out),
         links: HashMap::new(),
-        merged_links: HashMap::new(),
         stats: LayerStats::default(),
         upper: upper.to_path_buf(),
         lowers: lowers.to_vec(),
@@ -294,10 +301,8 @@ pub fn write_layer<W: Write>(
 
 struct LayerWriter<W: Write> {
     tar: tar::Builder<W>,
-    /// (dev, ino) of multiply linked files → their first tar name.
-    links: HashMap<(u64, u64), String>,
-    /// The same for files served by the merged view, by merged inode.
-    merged_links: HashMap<u64, String>,
+    /// Multiply linked files → their first tar name.
+    links: HashMap<LinkKey, String>,
     stats: LayerStats,
     upper: PathBuf,
     lowers: Vec<PathBuf>,
@@ -420,6 +425,30 @@ impl<W: Write> LayerWriter<W> {
         Ok(())
     }
 
+    /// For a multiply linked file: writes a tar link to the first name seen
+    /// (true), or remembers `name` as that first name (false).
+    fn link_to_first(
+        &mut self,
+        key: LinkKey,
+        h: &mut Header,
+        name: &str,
+    ) -> Result<bool, CommitError> {
+        match self.links.get(&key) {
+            Some(first) => {
+                h.set_entry_type(EntryType::Link);
+                let first = first.clone();
+                self.tar
+                    .append_link(h, name, first)
+                    .map_err(Self::write_err(name))?;
+                Ok(true)
+            }
+            None => {
+                self.links.insert(key, name.to_string());
+                Ok(false)
+            }
+        }
+    }
+
     /// Writes the PAX record of `xattrs`, if any, for the next entry.
     fn pax(&mut self, xattrs: &BTreeMap<String, Vec<u8>>, name: &str) -> Result<(), CommitError> {
         if xattrs.is_empty() {
@@ -534,16 +563,11 @@ impl<W: Write> LayerWriter<W> {
             };
             return self.merged_dir(ino, Some(path), &dname);
         }
-        if ft.is_file() && md.nlink() > 1 {
-            if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
-                h.set_entry_type(EntryType::Link);
-                let first = first.clone();
-                return self
-                    .tar
-                    .append_link(&mut h, name, first)
-                    .map_err(Self::write_err(name));
-            }
-            self.links.insert((md.dev(), md.ino()), name.to_string());
+        if ft.is_file()
+            && md.nlink() > 1
+            && self.link_to_first(LinkKey::Upper(md.dev(), md.ino()), &mut h, name)?
+        {
+            return Ok(());
         }
         if ft.is_file() {
             h.set_entry_type(EntryType::Regular);
@@ -656,16 +680,8 @@ impl<W: Write> LayerWriter<W> {
                 self.merged_dir(ino, None, &dname)
             }
             FileKind::Regular => {
-                if st.nlink > 1 {
-                    if let Some(first) = self.merged_links.get(&st.ino) {
-                        h.set_entry_type(EntryType::Link);
-                        let first = first.clone();
-                        return self
-                            .tar
-                            .append_link(&mut h, name, first)
-                            .map_err(Self::write_err(name));
-                    }
-                    self.merged_links.insert(st.ino, name.to_string());
+                if st.nlink > 1 && self.link_to_first(LinkKey::Merged(st.ino), &mut h, name)? {
+                    return Ok(());
                 }
                 h.set_entry_type(EntryType::Regular);
                 h.set_size(st.size);

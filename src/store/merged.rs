@@ -61,13 +61,16 @@ impl MergedView {
 
     /// The object at `rel` (components separated by `/`, no leading one).
     pub fn lookup(&self, rel: &[u8]) -> Result<(Ino, Stat), Errno> {
-        let mut ino = Ino::ROOT;
-        let mut st = self.ov.getattr(ino)?;
+        let mut found = None;
         for c in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            st = self.ov.lookup(ino, c)?;
-            ino = Ino(st.ino);
+            let dir = found.map_or(Ino::ROOT, |(ino, _)| ino);
+            let st = self.ov.lookup(dir, c)?;
+            found = Some((Ino(st.ino), st));
         }
-        Ok((ino, st))
+        match found {
+            Some(f) => Ok(f),
+            None => Ok((Ino::ROOT, self.ov.getattr(Ino::ROOT)?)),
+        }
     }
 
     /// The name `name` in directory `dir`.
@@ -77,10 +80,9 @@ impl MergedView {
 
     /// The merged listing of directory `dir`, sorted by name bytes.
     pub fn list(&self, dir: Ino) -> Result<Vec<DirItem>, Errno> {
-        let fh = self.ov.opendir(dir)?;
-        let listing = self.ov.dir_listing(fh);
-        self.ov.release(fh);
-        let mut items: Vec<DirItem> = listing?
+        let mut items: Vec<DirItem> = self
+            .ov
+            .readdir_listing(dir, 0)?
             .iter()
             .filter(|i| &*i.name != b"." && &*i.name != b"..")
             .cloned()
@@ -94,9 +96,13 @@ impl MergedView {
     pub fn reader(&self, ino: Ino) -> Result<File, Errno> {
         let (fh, fd, _) = self.ov.open(ino, libc::O_RDONLY)?;
         self.ov.release(fh);
-        let fd = fd
-            .try_clone()
-            .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        // The released handle held the only other reference: take the fd.
+        let fd = match std::sync::Arc::try_unwrap(fd) {
+            Ok(fd) => fd,
+            Err(shared) => shared
+                .try_clone()
+                .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?,
+        };
         Ok(File::from(fd))
     }
 

@@ -330,16 +330,22 @@ fn parse_dirents(buf: &[u8], out: &mut Vec<RawDirEntry>) {
     }
 }
 
-/// `pread` into `buf`, retrying short reads until EOF or `buf` is full.
-pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+/// `pread` of up to `len` bytes at `offset` into the memory at `ptr`,
+/// retrying short reads and EINTR until EOF or `len` bytes; returns how many
+/// bytes the kernel wrote there.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+unsafe fn pread_raw(fd: BorrowedFd<'_>, ptr: *mut u8, len: usize, offset: u64) -> SysResult<usize> {
     let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: the pointer/length pair stays inside `buf`.
+    while done < len {
+        // SAFETY: `ptr + done .. ptr + len` is writable (the caller's
+        // promise); the kernel writes at most `len - done` bytes.
         let n = unsafe {
             libc::pread(
                 fd.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
+                ptr.add(done).cast(),
+                len - done,
                 (offset + done as u64) as libc::off_t,
             )
         };
@@ -358,6 +364,12 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize
     Ok(done)
 }
 
+/// `pread` into `buf`, retrying short reads until EOF or `buf` is full.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+    // SAFETY: the pointer/length pair is `buf` itself.
+    unsafe { pread_raw(fd, buf.as_mut_ptr(), buf.len(), offset) }
+}
+
 /// `pread` of up to `len` bytes at `offset` into `buf`, which is cleared
 /// first and ends up holding exactly the bytes read (fewer at EOF). The
 /// spare capacity is read into without being zeroed first, so a buffer
@@ -365,32 +377,11 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize
 pub fn pread_vec(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize, offset: u64) -> SysResult<()> {
     buf.clear();
     buf.reserve(len);
-    while buf.len() < len {
-        let done = buf.len();
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: the pointer/length pair stays inside the spare capacity
-        // (`spare.len() >= len - done` after the reserve above); the kernel
-        // writes at most that many bytes.
-        let n = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                len - done,
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = Errno::last();
-            if e.0 == libc::EINTR {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            break;
-        }
-        // SAFETY: the kernel initialised `n` more bytes after `done`.
-        unsafe { buf.set_len(done + n as usize) };
+    // SAFETY: after the reserve the spare capacity holds at least `len`
+    // bytes; `pread_raw` returns how many the kernel initialised.
+    unsafe {
+        let n = pread_raw(fd, buf.as_mut_ptr(), len, offset)?;
+        buf.set_len(n);
     }
     Ok(())
 }
