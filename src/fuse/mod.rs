@@ -323,6 +323,7 @@ impl LayerFs {
         fh: u64,
         fd: &OwnedFd,
         upper: bool,
+        mode: Option<u32>,
         open_backing: impl FnOnce(&OwnedFd) -> io::Result<BackingId> + 'a,
     ) -> Option<(Arc<BackingId>, FopenFlags)> {
         if !self.passthrough.load(Ordering::Relaxed) {
@@ -331,9 +332,8 @@ impl LayerFs {
         // Passed-through writes run with the daemon's credentials, which
         // would keep setuid/setgid bits that a write by the caller must
         // clear: such files are served by the daemon, which sees the flag.
-        if crate::sys::fstat(fd.as_fd())
-            .is_ok_and(|st| st.mode & (libc::S_ISUID | libc::S_ISGID) != 0)
-        {
+        let mode = mode.or_else(|| crate::sys::fstat(fd.as_fd()).ok().map(|st| st.mode));
+        if mode.is_some_and(|m| m & (libc::S_ISUID | libc::S_ISGID) != 0) {
             return None;
         }
         // A lower file of a writable mount may be copied up while open; a
@@ -493,7 +493,7 @@ impl fuser::Filesystem for LayerFs {
             Ok(x) => x,
             Err(e) => return reply.error(ferr(e)),
         };
-        match self.open_mode(ino, fh, &fd, upper, |fd| reply.open_backing(fd)) {
+        match self.open_mode(ino, fh, &fd, upper, None, |fd| reply.open_backing(fd)) {
             Some((id, flags)) => reply.opened_passthrough(FileHandle(fh), flags, &id),
             None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
         }
@@ -788,7 +788,9 @@ impl fuser::Filesystem for LayerFs {
         };
         let attr = self.attr(&st);
         let ino = Ino(st.ino);
-        match self.open_mode(ino, fh, &fd, true, |fd| reply.open_backing(fd)) {
+        match self.open_mode(ino, fh, &fd, true, Some(st.mode), |fd| {
+            reply.open_backing(fd)
+        }) {
             Some((id, fl)) => reply.created_passthrough(
                 &self.opts.timeout,
                 &attr,

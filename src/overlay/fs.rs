@@ -26,7 +26,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -529,8 +529,7 @@ impl Overlay {
         if self.origins.contains_key(&real) {
             return;
         }
-        let path = sys::proc_fd_path(dirfd.as_fd(), Some(name));
-        let origin = sys::lgetxattr(&path, up.origin_xattr())
+        let origin = sys::getxattr_at(dirfd.as_fd(), name, up.origin_xattr())
             .ok()
             .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
             .filter(|&o| o > 1)
@@ -621,8 +620,7 @@ impl Overlay {
                 Err(e) if e == Errno::ENOTDIR || e.0 == libc::ELOOP => return Ok(Walk::Stop),
                 Err(e) => return Err(e),
             };
-            if !bottom && let Some(r) = read_redirect(&sys::proc_fd_path(sub.as_fd(), Some(c".")))?
-            {
+            if !bottom && let Some(r) = read_redirect(sub.as_fd(), c".")? {
                 let cur = next.as_ref().map(|p| p.as_bytes()).unwrap_or(path);
                 // Count the end from the back: the prefix may have changed.
                 let at = cur.len() - (path.len() - end);
@@ -666,8 +664,7 @@ impl Overlay {
     /// Whether directory `name` in layer directory `dirfd` is opaque, and
     /// where the layers below continue if it was renamed (its redirect).
     pub(super) fn dir_facts(&self, dirfd: &OwnedFd, name: &CStr) -> SysResult<DirFacts> {
-        let path = sys::proc_fd_path(dirfd.as_fd(), Some(name));
-        let names = match sys::llistxattr(&path) {
+        let names = match sys::listxattr_at(dirfd.as_fd(), name) {
             Ok(n) => n,
             Err(e) if e.0 == libc::EOPNOTSUPP => Vec::new(),
             Err(e) => return Err(e),
@@ -675,13 +672,13 @@ impl Overlay {
         let has = |x: &CStr| names.split(|&b| b == 0).any(|n| n == x.to_bytes());
         let mut facts = DirFacts::default();
         for x in OPAQUE_XATTRS.iter().filter(|x| has(x)) {
-            if xattr_value(&path, x)?.is_some_and(|v| v == b"y") {
+            if xattr_value(dirfd.as_fd(), name, x)?.is_some_and(|v| v == b"y") {
                 facts.opaque = true;
                 return Ok(facts);
             }
         }
         if REDIRECT_XATTRS.iter().any(|x| has(x)) {
-            facts.redirect = read_redirect(&path)?;
+            facts.redirect = read_redirect(dirfd.as_fd(), name)?;
         }
         facts.opaque = self.has_opaque_marker(dirfd, name)?;
         Ok(facts)
@@ -847,7 +844,7 @@ impl Overlay {
         let real_ino = st.ino;
         if resolved.top == LayerIdx(0) && self.upper.is_some() {
             self.load_origin(&top_fd, &top_name, st.ino);
-            self.adjust_nlink(&mut st, &sys::proc_fd_path(top_fd.as_fd(), Some(&top_name)));
+            self.adjust_nlink(&mut st, top_fd.as_fd(), &top_name);
         }
         let ino = self.map_ino(resolved.top, st.ino);
         st.ino = ino.0;
@@ -901,8 +898,7 @@ impl Overlay {
         if pos + 1 >= layers.len() {
             return Ok(None);
         }
-        let path = sys::proc_fd_path(fd.as_fd(), Some(name));
-        let names = match sys::llistxattr(&path) {
+        let names = match sys::listxattr_at(fd.as_fd(), name) {
             Ok(n) => n,
             Err(e) if e.0 == libc::EOPNOTSUPP => return Ok(None),
             Err(e) => return Err(e),
@@ -1206,7 +1202,7 @@ impl Overlay {
                 None => return self.orphans.get(&ino).map(|s| *s).ok_or(Errno::ENOENT),
             },
             Ok(mut st) if layers.first() == Some(&LayerIdx(0)) && self.upper.is_some() => {
-                self.adjust_nlink(&mut st, &loc.proc_path());
+                self.adjust_nlink(&mut st, loc.fd.as_fd(), &loc.name);
                 st
             }
             r => r?,
@@ -1529,14 +1525,14 @@ impl Overlay {
         }
         let loc = self.loc(ino)?;
         let cname = sys::cstr(OsStr::from_bytes(name))?;
-        sys::lgetxattr(&loc.proc_path(), &cname)
+        sys::getxattr_at(loc.fd.as_fd(), &loc.name, &cname)
     }
 
     /// The names of `ino`'s extended attributes, NUL-separated, without the
     /// internal ones.
     pub fn listxattr(&self, ino: Ino) -> SysResult<Vec<u8>> {
         let loc = self.loc(ino)?;
-        let raw = sys::llistxattr(&loc.proc_path())?;
+        let raw = sys::listxattr_at(loc.fd.as_fd(), &loc.name)?;
         let mut out = Vec::with_capacity(raw.len());
         for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             if !is_internal_xattr(n) {
@@ -1600,8 +1596,8 @@ fn wh_cname(name: &CStr) -> SysResult<CString> {
 
 /// An xattr's value, or `None` where it is absent or cannot be read (reading
 /// trusted.* needs CAP_SYS_ADMIN: unprivileged, it is absent).
-fn xattr_value(path: &CStr, name: &CStr) -> SysResult<Option<Vec<u8>>> {
-    match sys::lgetxattr(path, name) {
+fn xattr_value(dirfd: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> SysResult<Option<Vec<u8>>> {
+    match sys::getxattr_at(dirfd, name, attr) {
         Ok(v) => Ok(Some(v)),
         Err(e)
             if e == Errno::ENODATA
@@ -1617,14 +1613,14 @@ fn xattr_value(path: &CStr, name: &CStr) -> SysResult<Option<Vec<u8>>> {
 
 /// The redirect of the directory at `path`, if it has one. An invalid one is
 /// EIO (and logged), as on the kernel.
-fn read_redirect(path: &CStr) -> SysResult<Option<Place>> {
+fn read_redirect(dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<Option<Place>> {
     for x in REDIRECT_XATTRS {
-        if let Some(v) = xattr_value(path, x)? {
+        if let Some(v) = xattr_value(dirfd, name, x)? {
             return rules::parse_redirect(&v).map(Some).inspect_err(|_| {
                 log::warn!(
                     "invalid redirect {:?} on {}",
                     String::from_utf8_lossy(&v),
-                    path.to_string_lossy()
+                    sys::proc_fd_path(dirfd, Some(name)).to_string_lossy()
                 )
             });
         }

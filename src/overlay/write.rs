@@ -74,7 +74,7 @@ fn open_index(workdir: BorrowedFd<'_>, nlink_xattr: &CStr) -> SysResult<Arc<Owne
         let Ok(st) = sys::fstatat(fd.as_fd(), &name) else {
             continue;
         };
-        let delta = read_delta(&sys::proc_fd_path(fd.as_fd(), Some(&name)), nlink_xattr);
+        let delta = read_delta(fd.as_fd(), &name, nlink_xattr);
         if st.nlink <= 1 && delta.unwrap_or(-1) < 0 {
             debug!("index: dropping {}", name.to_string_lossy());
             let _ = sys::unlinkat(fd.as_fd(), &name, 0);
@@ -84,9 +84,48 @@ fn open_index(workdir: BorrowedFd<'_>, nlink_xattr: &CStr) -> SysResult<Arc<Owne
 }
 
 /// The link-count difference recorded on an indexed copy, if any.
-fn read_delta(path: &CStr, xattr: &CStr) -> Option<i64> {
-    let v = sys::lgetxattr(path, xattr).ok()?;
+fn read_delta(dirfd: BorrowedFd<'_>, name: &CStr, xattr: &CStr) -> Option<i64> {
+    let v = sys::getxattr_at(dirfd, name, xattr).ok()?;
     std::str::from_utf8(&v).ok()?.trim().parse().ok()
+}
+
+/// Makes the changes of `a` to the upper object at `loc` (`open_fd`: the
+/// object open, if it is). The first change to fail stops the rest.
+fn apply_setattr(a: &SetAttr, loc: &Loc, open_fd: Option<&Arc<OwnedFd>>) -> SysResult<()> {
+    if let Some(size) = a.size {
+        match open_fd {
+            Some(fd) => sys::ftruncate(fd.as_fd(), size)?,
+            None => {
+                let fd = sys::openat(
+                    loc.fd.as_fd(),
+                    &loc.name,
+                    libc::O_WRONLY | libc::O_NOFOLLOW,
+                    0,
+                )?;
+                sys::ftruncate(fd.as_fd(), size)?;
+            }
+        }
+    }
+    if a.uid.is_some() || a.gid.is_some() {
+        sys::fchownat(
+            loc.fd.as_fd(),
+            &loc.name,
+            a.uid.unwrap_or(u32::MAX),
+            a.gid.unwrap_or(u32::MAX),
+        )?;
+    }
+    if let Some(mode) = a.mode {
+        sys::fchmodat(loc.fd.as_fd(), &loc.name, mode & 0o7777)?;
+    }
+    if a.atime.is_some() || a.mtime.is_some() {
+        sys::utimensat(
+            loc.fd.as_fd(),
+            &loc.name,
+            a.atime.unwrap_or(SetTime::Omit),
+            a.mtime.unwrap_or(SetTime::Omit),
+        )?;
+    }
+    Ok(())
 }
 
 /// How much of a file a copy-up takes.
@@ -184,6 +223,9 @@ pub struct Upper {
     copy_locks: Box<[Mutex<()>]>,
     /// The ids of the daemon's user namespace; `None` in the initial one.
     ns: Option<NsOwners>,
+    /// The daemon's (uid, gid): what owns an object it creates (the group
+    /// of a setgid parent aside, which the kernel applies either way).
+    creds: (u32, u32),
 }
 
 /// Removes everything inside directory `fd` (not the directory itself).
@@ -302,6 +344,7 @@ impl Upper {
             tmp_counter: AtomicU64::new(0),
             copy_locks: (0..COPY_LOCKS).map(|_| Mutex::new(())).collect(),
             ns: NsOwners::current(),
+            creds: sys::ns::getuid_gid_effective(),
         })
     }
 
@@ -751,7 +794,7 @@ impl Overlay {
             self.invalidate_listing(parent);
             let mut st = sys::fstatat(pfd.as_fd(), &cname)?;
             self.origins.insert(st.ino, found.ino);
-            self.adjust_nlink(&mut st, &sys::proc_fd_path(pfd.as_fd(), Some(&cname)));
+            self.adjust_nlink(&mut st, pfd.as_fd(), &cname);
             Ok(st)
         })();
         match r {
@@ -803,19 +846,19 @@ impl Overlay {
     /// `pfd` (nothing for a copy that is not indexed).
     fn add_nlink_delta(&self, pfd: &OwnedFd, name: &CStr, by: i64) {
         let Some(up) = &self.upper else { return };
-        let path = sys::proc_fd_path(pfd.as_fd(), Some(name));
-        if let Some(d) = read_delta(&path, up.nlink_xattr) {
-            let _ = sys::lsetxattr(&path, up.nlink_xattr, (d + by).to_string().as_bytes(), 0);
+        if let Some(d) = read_delta(pfd.as_fd(), name, up.nlink_xattr) {
+            let delta = (d + by).to_string();
+            let _ = sys::setxattr_at(pfd.as_fd(), name, up.nlink_xattr, delta.as_bytes(), 0);
         }
     }
 
     /// Corrects the link count of upper file `st` at `path` if it is an
     /// indexed copy (see [`INDEX_DIR`]).
-    pub(super) fn adjust_nlink(&self, st: &mut Stat, path: &CStr) {
+    pub(super) fn adjust_nlink(&self, st: &mut Stat, dirfd: BorrowedFd<'_>, name: &CStr) {
         if let Some(up) = &self.upper
             && st.kind() == FileKind::Regular
             && st.nlink > 1
-            && let Some(d) = read_delta(path, up.nlink_xattr)
+            && let Some(d) = read_delta(dirfd, name, up.nlink_xattr)
         {
             st.nlink = (st.nlink as i64 + d).max(1) as u64;
         }
@@ -885,23 +928,42 @@ impl Overlay {
         }
     }
 
-    /// Common checks for a name that is about to be created.
-    fn check_new_name(&self, parent: Ino, name: &[u8]) -> SysResult<()> {
+    /// Common checks for a name that is about to be created: `EEXIST` if
+    /// the merged view shows it. Returns what the parent's upper directory
+    /// holds under the name (a whiteout to replace, or nothing), without
+    /// copying the parent up.
+    fn check_new_name(&self, parent: Ino, name: &[u8]) -> SysResult<UpperEntry> {
         self.upper()?;
         rules::check_name(name)?;
         if rules::is_reserved_name(name) {
             // Would be read back as a whiteout or an opaque marker.
             return Err(Errno::EINVAL);
         }
-        if self.resolve_name(parent, name)?.is_some() {
-            return Err(Errno::EEXIST);
+        let pinfo = self.node_info(parent)?;
+        if pinfo.kind != FileKind::Dir {
+            return Err(Errno::ENOTDIR);
         }
-        Ok(())
+        // Any object in the upper layer shows; a whiteout there hides the
+        // layers below; otherwise they decide.
+        let entry = match pinfo.top() {
+            UPPER => self.upper_entry(&*self.dir_fd(parent, UPPER)?, name)?,
+            _ => UpperEntry::Nothing,
+        };
+        match entry {
+            UpperEntry::Object(_) => Err(Errno::EEXIST),
+            UpperEntry::Nothing if self.exists_below(parent, name)? => Err(Errno::EEXIST),
+            e => Ok(e),
+        }
     }
 
     /// Gives a new object the caller's ownership (the group of a setgid
     /// parent directory, as the kernel does).
     fn chown_new(&self, pfd: &OwnedFd, name: &CStr, c: Caller) -> SysResult<()> {
+        if self.upper()?.creds == (c.uid, c.gid) {
+            // Made with the caller's ids already, a setgid parent's group
+            // included (the upper filesystem applies it).
+            return Ok(());
+        }
         let pst = sys::fstat(pfd.as_fd())?;
         let gid = if pst.mode & libc::S_ISGID != 0 {
             pst.gid
@@ -942,11 +1004,10 @@ impl Overlay {
         c: Caller,
         make: &mut dyn FnMut(BorrowedFd<'_>, &CStr) -> SysResult<()>,
     ) -> SysResult<Stat> {
-        self.check_new_name(parent, name)?;
+        let existing = self.check_new_name(parent, name)?;
         let up = self.upper()?;
         let pfd = self.upper_dir(parent)?;
         let cname = sys::cstr(OsStr::from_bytes(name))?;
-        let existing = self.upper_entry(&pfd, name)?;
         let st = if existing == UpperEntry::ChardevWhiteout {
             let tmp = up.tmp_name();
             let work = up.work.as_fd();
@@ -1077,7 +1138,7 @@ impl Overlay {
 
     /// `link`: a new name for `ino` in `newparent`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> SysResult<Stat> {
-        self.check_new_name(newparent, newname)?;
+        let existing = self.check_new_name(newparent, newname)?;
         let info = self.node_info(ino)?;
         if info.kind == FileKind::Dir {
             return Err(Errno::EPERM);
@@ -1087,7 +1148,7 @@ impl Overlay {
         let up = self.upper()?;
         let pfd = self.upper_dir(newparent)?;
         let cname = sys::cstr(OsStr::from_bytes(newname))?;
-        if self.upper_entry(&pfd, newname)? == UpperEntry::ChardevWhiteout {
+        if existing == UpperEntry::ChardevWhiteout {
             let tmp = up.tmp_name();
             sys::linkat(src.fd.as_fd(), &src.name, up.work.as_fd(), &tmp)?;
             if let Err(e) = sys::renameat2(up.work.as_fd(), &tmp, pfd.as_fd(), &cname, 0) {
@@ -1100,7 +1161,7 @@ impl Overlay {
         self.invalidate_listing(newparent);
         let mut st = sys::fstatat(pfd.as_fd(), &cname)?;
         st.ino = ino.0;
-        self.adjust_nlink(&mut st, &sys::proc_fd_path(pfd.as_fd(), Some(&cname)));
+        self.adjust_nlink(&mut st, pfd.as_fd(), &cname);
         self.remember(ino, newparent, newname, st.kind(), &[UPPER], None);
         Ok(st)
     }
@@ -1537,57 +1598,23 @@ impl Overlay {
             fd: fd.clone(),
             name: CString::default(),
         };
-        let (loc, open_fd) =
+        let (loc, mut open_fd) =
             match handle_fd.or_else(|| orphan.then(|| self.open_upper_fd(ino)).flatten()) {
                 Some(fd) => (fd_loc(&fd), Some(fd)),
                 // Gone, and not open any more: nothing is left to change. Quietly
                 // so, for the times the kernel flushes after the last close.
                 None if orphan => return self.getattr(ino),
-                None => {
-                    let loc = self.loc(ino)?;
-                    // Every name may be gone while the file is open: then its
-                    // open upper fd is the file.
-                    match loc.stat() {
-                        Err(Errno::ENOENT) => {
-                            let fd = self.open_upper_fd(ino).ok_or(Errno::ENOENT)?;
-                            (fd_loc(&fd), Some(fd))
-                        }
-                        _ => (loc, None),
-                    }
-                }
+                None => (self.loc(ino)?, None),
             };
-        if let Some(size) = a.size {
-            match &open_fd {
-                Some(fd) => sys::ftruncate(fd.as_fd(), size)?,
-                None => {
-                    let fd = sys::openat(
-                        loc.fd.as_fd(),
-                        &loc.name,
-                        libc::O_WRONLY | libc::O_NOFOLLOW,
-                        0,
-                    )?;
-                    sys::ftruncate(fd.as_fd(), size)?;
-                }
+        match apply_setattr(&a, &loc, open_fd.as_ref()) {
+            // Every name may be gone while the file is open: then its open
+            // upper fd is the file. (Each change fails before any is made.)
+            Err(Errno::ENOENT) if open_fd.is_none() => {
+                let fd = self.open_upper_fd(ino).ok_or(Errno::ENOENT)?;
+                apply_setattr(&a, &fd_loc(&fd), Some(&fd))?;
+                open_fd = Some(fd);
             }
-        }
-        if a.uid.is_some() || a.gid.is_some() {
-            sys::fchownat(
-                loc.fd.as_fd(),
-                &loc.name,
-                a.uid.unwrap_or(u32::MAX),
-                a.gid.unwrap_or(u32::MAX),
-            )?;
-        }
-        if let Some(mode) = a.mode {
-            sys::fchmodat(loc.fd.as_fd(), &loc.name, mode & 0o7777)?;
-        }
-        if a.atime.is_some() || a.mtime.is_some() {
-            sys::utimensat(
-                loc.fd.as_fd(),
-                &loc.name,
-                a.atime.unwrap_or(SetTime::Omit),
-                a.mtime.unwrap_or(SetTime::Omit),
-            )?;
+            r => r?,
         }
         match open_fd {
             Some(fd) => {
@@ -1609,7 +1636,7 @@ impl Overlay {
         self.copy_up(ino, CopyData::Meta)?;
         let loc = self.loc(ino)?;
         let cname = sys::cstr(OsStr::from_bytes(name))?;
-        sys::lsetxattr(&loc.proc_path(), &cname, value, flags)
+        sys::setxattr_at(loc.fd.as_fd(), &loc.name, &cname, value, flags)
     }
 
     /// `removexattr`.
@@ -1623,7 +1650,7 @@ impl Overlay {
         self.copy_up(ino, CopyData::Meta)?;
         let loc = self.loc(ino)?;
         let cname = sys::cstr(OsStr::from_bytes(name))?;
-        sys::lremovexattr(&loc.proc_path(), &cname)
+        sys::removexattr_at(loc.fd.as_fd(), &loc.name, &cname)
     }
 
     /// The fd of an open file (following a copy-up of a lower one).

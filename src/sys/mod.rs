@@ -10,6 +10,9 @@
 
 pub mod ns;
 pub mod process;
+mod xattr;
+
+pub use xattr::{getxattr_at, listxattr_at, removexattr_at, setxattr_at};
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt;
@@ -17,6 +20,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// An error number from a failed system call.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -616,9 +620,32 @@ pub fn fchownat(dirfd: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> SysRe
     Ok(())
 }
 
-/// `chmod` of `name` in `dirfd` (symlinks have no mode of their own; callers
-/// do not chmod them). Goes through /proc so `O_PATH` fds work.
+/// `chmod` of `name` in `dirfd`, not following a symlink (symlinks have no
+/// mode of their own; callers do not chmod them). An empty name is the
+/// object `dirfd` itself, `O_PATH` fds included. Uses `fchmodat2` (Linux
+/// 6.6); older kernels go through /proc.
 pub fn fchmodat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
+    static NO_FCHMODAT2: AtomicBool = AtomicBool::new(false);
+    if !NO_FCHMODAT2.load(Ordering::Relaxed) {
+        let mut flags = libc::AT_SYMLINK_NOFOLLOW;
+        if name.is_empty() {
+            flags |= libc::AT_EMPTY_PATH;
+        }
+        // SAFETY: valid fd and C string.
+        let r = check(unsafe {
+            libc::syscall(
+                libc::SYS_fchmodat2,
+                dirfd.as_raw_fd(),
+                name.as_ptr(),
+                mode as libc::mode_t,
+                flags,
+            ) as libc::c_int
+        });
+        match r {
+            Err(Errno::ENOSYS) => NO_FCHMODAT2.store(true, Ordering::Relaxed),
+            r => return r.map(drop),
+        }
+    }
     let path = proc_fd_path(dirfd, Some(name));
     // SAFETY: valid C string.
     check(unsafe { libc::chmod(path.as_ptr(), mode as libc::mode_t) })?;

@@ -425,6 +425,13 @@ pub fn getuid_gid() -> (u32, u32) {
     unsafe { (libc::getuid(), libc::getgid()) }
 }
 
+/// The effective user and group ids (what owns the files this process
+/// creates).
+pub fn getuid_gid_effective() -> (u32, u32) {
+    // SAFETY: cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
 /// `isatty(fd)`.
 pub fn isatty(fd: RawFd) -> bool {
     // SAFETY: plain call on an fd number.
