@@ -297,13 +297,11 @@ impl LayerFs {
         }
     }
 
-    /// The listing a READDIR(PLUS) reads: the open handle's snapshot, or
-    /// for handle 0 (no OPENDIR) a snapshot by directory.
-    fn listing(&self, ino: INodeNo, fh: FileHandle, offset: u64) -> Result<Listing, Errno> {
-        match fh.0 {
-            0 => self.ov.readdir_listing(Ino(ino.0), offset),
-            fh => self.ov.dir_listing(fh),
-        }
+    /// The listing a READDIR(PLUS) reads: a snapshot by directory. Its
+    /// handle is always 0 (`opendir` answers ENOSYS, so no directory is
+    /// ever opened) and is not looked at.
+    fn listing(&self, ino: INodeNo, offset: u64) -> Result<Listing, Errno> {
+        self.ov.readdir_listing(Ino(ino.0), offset)
     }
 
     /// Serves handle `fh` of `ino` through the daemon on a passthrough mount.
@@ -559,11 +557,11 @@ impl fuser::Filesystem for LayerFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listing = match self.listing(ino, fh, offset) {
+        let listing = match self.listing(ino, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(ferr(e)),
         };
@@ -585,11 +583,11 @@ impl fuser::Filesystem for LayerFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listing = match self.listing(ino, fh, offset) {
+        let listing = match self.listing(ino, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(ferr(e)),
         };
@@ -625,18 +623,6 @@ impl fuser::Filesystem for LayerFs {
                 break;
             }
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.ov.release(fh.0);
         reply.ok();
     }
 

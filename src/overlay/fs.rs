@@ -140,28 +140,21 @@ pub struct DirItem {
     pub layer: LayerIdx,
 }
 
-/// A snapshot listing held by an open directory: offsets index into it, so a
-/// listing read in chunks never repeats or skips a name.
+/// A snapshot listing of a directory: offsets index into it, so a listing
+/// read in chunks never repeats or skips a name.
 pub type Listing = Arc<Vec<DirItem>>;
 
-/// An open file or directory.
+/// An open file. (Directories are never opened: the FUSE adapter answers
+/// OPENDIR with ENOSYS, see `readdir_listing`.)
 #[derive(Debug)]
-pub enum Handle {
-    File {
-        ino: Ino,
-        fd: Arc<OwnedFd>,
-        /// The fd is the upper-layer file (not a lower one opened read-only).
-        upper: bool,
-        /// For a lower fd: the upper copy, opened read-only once the file
-        /// was copied up, which the handle then reads instead.
-        copied: std::sync::OnceLock<Arc<OwnedFd>>,
-    },
-    /// The listing is read on the first readdir, not at opendir: when the
-    /// kernel still caches the directory, it never asks.
-    Dir {
-        ino: Ino,
-        listing: Mutex<Option<Listing>>,
-    },
+pub struct Handle {
+    pub(super) ino: Ino,
+    pub(super) fd: Arc<OwnedFd>,
+    /// The fd is the upper-layer file (not a lower one opened read-only).
+    pub(super) upper: bool,
+    /// For a lower fd: the upper copy, opened read-only once the file
+    /// was copied up, which the handle then reads instead.
+    copied: OnceLock<Arc<OwnedFd>>,
 }
 
 /// Where a node lives: an fd of its parent directory in the serving layer and
@@ -383,13 +376,8 @@ impl Overlay {
         if want == 0 {
             return Vec::new();
         }
-        let open: std::collections::HashSet<Ino> = self
-            .handles
-            .iter()
-            .map(|h| match &**h.value() {
-                Handle::File { ino, .. } | Handle::Dir { ino, .. } => *ino,
-            })
-            .collect();
+        let open: std::collections::HashSet<Ino> =
+            self.handles.iter().map(|h| h.value().ino).collect();
         let now = self.pruning.clock.load(Ordering::Relaxed);
         let mut picker = Picker::new(want);
         for n in self.nodes.iter() {
@@ -1151,8 +1139,8 @@ impl Overlay {
             .is_some_and(|n| n.kind != FileKind::Dir && n.layers.len() > 1);
         if let Some(fh) = fh.filter(|_| !metacopy)
             && let Ok(h) = self.handle(fh)
-            && let Some(fd) = self.current_fd(&h)
         {
+            let fd = self.current_fd(&h);
             let mut st = sys::fstat(fd.as_fd())?;
             self.adjust_nlink_fd(&mut st, &fd);
             st.ino = ino.0;
@@ -1293,7 +1281,7 @@ impl Overlay {
             r => r?,
         };
         let fd = Arc::new(fd);
-        let fh = self.new_handle(Handle::File {
+        let fh = self.new_handle(Handle {
             ino,
             fd: fd.clone(),
             upper: in_upper,
@@ -1304,7 +1292,7 @@ impl Overlay {
 
     /// Registers an fd opened by `create` as a handle.
     pub(super) fn add_file_handle(&self, ino: Ino, fd: Arc<OwnedFd>, upper: bool) -> u64 {
-        self.new_handle(Handle::File {
+        self.new_handle(Handle {
             ino,
             fd,
             upper,
@@ -1315,53 +1303,39 @@ impl Overlay {
     /// An open upper-layer fd of `ino`, if any: the way to reach a file whose
     /// every name was removed while it is open.
     pub(super) fn open_upper_fd(&self, ino: Ino) -> Option<Arc<OwnedFd>> {
-        self.handles.iter().find_map(|h| match &**h.value() {
-            Handle::File {
-                ino: i,
-                fd,
-                upper: true,
-                ..
-            } if *i == ino => Some(fd.clone()),
-            _ => None,
-        })
+        self.handles
+            .iter()
+            .find(|h| h.upper && h.ino == ino)
+            .map(|h| h.fd.clone())
     }
 
     /// The fd an open file reads from: its own, or for a lower fd whose
-    /// file was copied up since, the upper copy (`None` for a directory).
-    pub(super) fn current_fd(&self, h: &Handle) -> Option<Arc<OwnedFd>> {
-        let Handle::File {
-            ino,
-            fd,
-            upper,
-            copied,
-        } = h
-        else {
-            return None;
-        };
-        if *upper || self.upper.is_none() {
-            return Some(fd.clone());
+    /// file was copied up since, the upper copy.
+    pub(super) fn current_fd(&self, h: &Handle) -> Arc<OwnedFd> {
+        if h.upper || self.upper.is_none() {
+            return h.fd.clone();
         }
-        if let Some(c) = copied.get() {
-            return Some(c.clone());
+        if let Some(c) = h.copied.get() {
+            return c.clone();
         }
         if self
             .nodes
-            .get(ino)
+            .get(&h.ino)
             .is_none_or(|n| *n.layers != [LayerIdx(0)])
         {
             // Only once the data itself is in the upper layer (a
             // metadata-only copy still reads it below).
-            return Some(fd.clone());
+            return h.fd.clone();
         }
         let reopened = self
-            .loc(*ino)
+            .loc(h.ino)
             .and_then(|l| sys::openat(l.fd.as_fd(), &l.name, libc::O_RDONLY | libc::O_NOFOLLOW, 0))
             .map(Arc::new)
             .ok()
-            .or_else(|| self.open_upper_fd(*ino));
+            .or_else(|| self.open_upper_fd(h.ino));
         match reopened {
-            Some(c) => Some(copied.get_or_init(|| c).clone()),
-            None => Some(fd.clone()),
+            Some(c) => h.copied.get_or_init(|| c).clone(),
+            None => h.fd.clone(),
         }
     }
 
@@ -1370,24 +1344,13 @@ impl Overlay {
     /// allocation and no zeroing per read.
     pub fn read(&self, fh: u64, offset: u64, size: u32, buf: &mut Vec<u8>) -> SysResult<()> {
         let h = self.handle(fh)?;
-        let fd = self.current_fd(&h).ok_or(Errno::EISDIR)?;
+        let fd = self.current_fd(&h);
         sys::pread_vec(fd.as_fd(), buf, size as usize, offset)
     }
 
-    /// Closes a file or directory handle.
+    /// Closes a file handle.
     pub fn release(&self, fh: u64) -> Option<Arc<Handle>> {
         self.handles.remove(&fh).map(|(_, h)| h)
-    }
-
-    /// Opens directory `ino`.
-    pub fn opendir(&self, ino: Ino) -> SysResult<u64> {
-        if self.node_info(ino)?.kind != FileKind::Dir {
-            return Err(Errno::ENOTDIR);
-        }
-        Ok(self.new_handle(Handle::Dir {
-            ino,
-            listing: Mutex::new(None),
-        }))
     }
 
     /// The listing of directory `ino` for a READDIR at `offset` that comes
@@ -1407,22 +1370,6 @@ impl Overlay {
         // ENOTDIR for a non-directory comes from reading the listing.
         let l = self.listing(ino)?;
         snaps().put(ino, l.clone());
-        Ok(l)
-    }
-
-    /// The listing snapshot of an open directory, taken on first use.
-    pub fn dir_listing(&self, fh: u64) -> SysResult<Listing> {
-        let h = self.handle(fh)?;
-        let Handle::Dir { ino, listing } = &*h else {
-            return Err(Errno::ENOTDIR);
-        };
-        let mut slot = listing.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = &*slot {
-            return Ok(l.clone());
-        }
-        // Held across the read: only this handle's readers wait on it.
-        let l = self.listing(*ino)?;
-        *slot = Some(l.clone());
         Ok(l)
     }
 

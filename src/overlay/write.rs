@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, info, warn};
 
-use super::fs::{Found, Handle, Loc, Overlay, is_internal_xattr};
+use super::fs::{Found, Loc, Overlay, is_internal_xattr};
 use super::idmap::NsOwners;
 use super::layers::Stack;
 use super::rules::{self, Place, Redirect};
@@ -1588,12 +1588,8 @@ impl Overlay {
         // a copy-up still points below: not that one.
         let handle_fd = fh
             .and_then(|fh| self.handle(fh).ok())
-            .and_then(|h| match &*h {
-                Handle::File {
-                    fd, upper: true, ..
-                } => Some(fd.clone()),
-                _ => None,
-            });
+            .filter(|h| h.upper)
+            .map(|h| h.fd.clone());
         let fd_loc = |fd: &Arc<OwnedFd>| Loc {
             fd: fd.clone(),
             name: CString::default(),
@@ -1655,7 +1651,7 @@ impl Overlay {
 
     /// The fd of an open file (following a copy-up of a lower one).
     fn file_fd(&self, fh: u64) -> SysResult<Arc<OwnedFd>> {
-        self.current_fd(&*self.handle(fh)?).ok_or(Errno::EISDIR)
+        Ok(self.current_fd(&*self.handle(fh)?))
     }
 
     /// `write` through an open handle.
