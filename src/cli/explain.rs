@@ -121,12 +121,6 @@ fn cstr(b: &[u8]) -> Result<std::ffi::CString, Errno> {
     sys::cstr(OsStr::from_bytes(b))
 }
 
-/// An xattr read that means "not there" as the mount reads it: missing,
-/// unsupported, or not readable (trusted.* without privileges).
-pub(super) fn xattr_absent(e: Errno) -> bool {
-    e == Errno::ENODATA || e.0 == libc::EOPNOTSUPP || e == Errno::EPERM || e == Errno::EACCES
-}
-
 /// How directory `name` in `parent` is opaque, checked in the mount's order.
 pub(super) fn opaque_of(parent: &OwnedFd, name: &[u8]) -> Result<Option<OpaqueEnc>, Errno> {
     let mut wh = WH_PREFIX.to_vec();
@@ -144,7 +138,7 @@ pub(super) fn opaque_of(parent: &OwnedFd, name: &[u8]) -> Result<Option<OpaqueEn
                 return Ok(Some(OpaqueEnc::Xattr(x.to_string_lossy().into_owned())));
             }
             Ok(_) => {}
-            Err(e) if xattr_absent(e) => {}
+            Err(e) if sys::xattr_absent(e) => {}
             Err(e) => return Err(e),
         }
     }
@@ -191,7 +185,7 @@ pub(super) fn redirect_of(parent: &OwnedFd, name: &[u8]) -> Result<Option<Place>
     for x in REDIRECT_XATTRS {
         match sys::lgetxattr(&path, x) {
             Ok(v) => return Ok(rules::parse_redirect(&v).ok()),
-            Err(e) if xattr_absent(e) => {}
+            Err(e) if sys::xattr_absent(e) => {}
             Err(e) => return Err(e),
         }
     }

@@ -1546,14 +1546,7 @@ fn wh_cname(name: &CStr) -> SysResult<CString> {
 fn xattr_value(dirfd: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> SysResult<Option<Vec<u8>>> {
     match sys::getxattr_at(dirfd, name, attr) {
         Ok(v) => Ok(Some(v)),
-        Err(e)
-            if e == Errno::ENODATA
-                || e.0 == libc::EOPNOTSUPP
-                || e == Errno::EPERM
-                || e == Errno::EACCES =>
-        {
-            Ok(None)
-        }
+        Err(e) if sys::xattr_absent(e) => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -215,8 +215,7 @@ fn lxattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, io::Error> {
             Ok(v) => {
                 out.insert(name.to_string(), v);
             }
-            // Gone or not readable (trusted.* without privileges): skip.
-            Err(e) if e.0 == libc::ENODATA || e.0 == libc::EPERM || e.0 == libc::EACCES => {}
+            Err(e) if sys::xattr_absent(e) => {}
             Err(e) => return Err(e.to_io()),
         }
     }

@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use crate::overlay::{DirItem, Ino, Overlay, Stack, StackError, UpperOptions};
-use crate::sys::{Errno, Stat};
+use crate::sys::{self, Errno, Stat};
 
 /// Why the merged view could not be opened.
 #[derive(Debug)]
@@ -121,7 +121,7 @@ impl MergedView {
         for n in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             match self.ov.getxattr(ino, n) {
                 Ok(v) => out.push((n.to_vec(), v)),
-                Err(e) if e.0 == libc::ENODATA || e.0 == libc::EPERM || e.0 == libc::EACCES => {}
+                Err(e) if sys::xattr_absent(e) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -12,7 +12,7 @@ pub mod ns;
 pub mod process;
 mod xattr;
 
-pub use xattr::{getxattr_at, listxattr_at, removexattr_at, setxattr_at};
+pub use xattr::{getxattr_at, listxattr_at, removexattr_at, setxattr_at, xattr_absent};
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt;

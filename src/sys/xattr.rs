@@ -32,6 +32,14 @@ struct XattrArgs {
     flags: u32,
 }
 
+/// True for an error from reading an xattr that means "not there" as the
+/// mount reads it: missing (ENODATA), unsupported (EOPNOTSUPP, which is
+/// ENOTSUP on Linux), or not readable (trusted.* without privileges:
+/// EPERM/EACCES).
+pub fn xattr_absent(e: Errno) -> bool {
+    e == Errno::ENODATA || e == Errno::EOPNOTSUPP || e == Errno::EPERM || e == Errno::EACCES
+}
+
 /// Set once a `*xattrat` call answered ENOSYS.
 static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
 
@@ -215,6 +223,18 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let fd = super::super::open_dir_path(t.path()).unwrap();
         (t, fd)
+    }
+
+    #[test]
+    fn xattr_absent_errnos() {
+        // ENOTSUP and EOPNOTSUPP are one number on Linux.
+        assert!(xattr_absent(Errno(libc::ENOTSUP)));
+        for e in [Errno::ENODATA, Errno::EPERM, Errno::EACCES] {
+            assert!(xattr_absent(e));
+        }
+        for e in [Errno::ENOENT, Errno::EIO, Errno::ERANGE] {
+            assert!(!xattr_absent(e));
+        }
     }
 
     #[test]
