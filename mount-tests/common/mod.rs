@@ -353,21 +353,31 @@ fn write_file(p: &Path, content: &[u8], mode: u32) -> io::Result<()> {
         "fchmod",
         p,
     )?;
-    let ts = [
+    ctx(futimens_mtime(f.as_raw_fd(), DEFAULT_MTIME), "futimens", p)
+}
+
+/// Times for futimens/utimensat that set the mtime and leave the atime alone.
+fn mtime_only(secs: i64, nsecs: i64) -> [libc::timespec; 2] {
+    [
         libc::timespec {
             tv_sec: 0,
             tv_nsec: libc::UTIME_OMIT,
         },
         libc::timespec {
-            tv_sec: DEFAULT_MTIME as libc::time_t,
-            tv_nsec: 0,
+            tv_sec: secs as libc::time_t,
+            tv_nsec: nsecs as _,
         },
-    ];
-    check(
-        unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) },
-        "futimens",
-        p,
-    )
+    ]
+}
+
+/// Sets the mtime of open file `fd` to `secs`, leaving its atime alone.
+pub fn futimens_mtime(fd: std::os::fd::RawFd, secs: i64) -> io::Result<()> {
+    let ts = mtime_only(secs, 0);
+    // SAFETY: a two-element timespec array; a bad fd is an error return.
+    if unsafe { libc::futimens(fd, ts.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn set_mode(p: &Path, mode: u32) -> io::Result<()> {
@@ -536,16 +546,7 @@ pub fn materialize_layer(layer: &Layer, dir: &Path, enc: Encoding) -> io::Result
     default_mtimes.extend(mtimes);
     for (p, secs, nsecs) in &default_mtimes {
         let c = cpath(p);
-        let ts = [
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            libc::timespec {
-                tv_sec: *secs as libc::time_t,
-                tv_nsec: *nsecs as _,
-            },
-        ];
+        let ts = mtime_only(*secs, *nsecs);
         let rc = unsafe {
             libc::utimensat(
                 libc::AT_FDCWD,
@@ -712,7 +713,8 @@ impl Drop for MountGuard {
     }
 }
 
-fn join_lowers(lowers: &[PathBuf]) -> String {
+/// `lowerdir=` syntax: the paths joined by `:`.
+pub fn join_lowers(lowers: &[PathBuf]) -> String {
     lowers
         .iter()
         .map(|p| p.to_string_lossy().into_owned())

@@ -1,6 +1,7 @@
 //! The harness shared by the runner tests (run.rs) and the commit tests
-//! (commit.rs): who runs the commands, the requirements check, and `Env`, a
-//! private store per test driven through the layerfs binary.
+//! (commit.rs): who runs the commands, the requirements check, `Env`, a
+//! private store per test driven through the layerfs binary, and the tar
+//! builders of the test images (a busybox root filesystem).
 
 #![allow(dead_code)]
 
@@ -10,6 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use tar::{EntryType, Header};
 
 pub(crate) const BUSYBOX: &str = "/bin/busybox";
 
@@ -160,4 +163,84 @@ impl Env {
         v.sort();
         v
     }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Uppers may hold files of other ids: remove through layerfs rm.
+        let names = self.containers();
+        if !names.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(names.iter().map(String::as_str));
+            let _ = self.run(&args);
+        }
+    }
+}
+
+pub(crate) fn header(path: &str, kind: EntryType, mode: u32, size: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_path(path).unwrap();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    h
+}
+
+pub(crate) fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
+    let h = header(path, EntryType::Regular, mode, data.len() as u64);
+    b.append(&h, data).unwrap();
+}
+
+pub(crate) fn add_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) {
+    let h = header(path, EntryType::Directory, mode, 0);
+    b.append(&h, &[][..]).unwrap();
+}
+
+/// A root filesystem: busybox with a link per applet, passwd, group.
+pub(crate) fn busybox_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    add_dir(&mut b, "./", 0o755);
+    for d in [
+        "bin", "etc", "proc", "sys", "dev", "root", "home", "home/app", "srv", "var",
+    ] {
+        add_dir(&mut b, d, 0o755);
+    }
+    add_dir(&mut b, "tmp", 0o1777);
+    add_file(&mut b, "bin/busybox", 0o755, &fs::read(BUSYBOX).unwrap());
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet == "busybox" || applet.is_empty() {
+            continue;
+        }
+        let mut h = header(&format!("bin/{applet}"), EntryType::Symlink, 0o777, 0);
+        h.set_link_name("busybox").unwrap();
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+    }
+    add_file(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    );
+    add_file(
+        &mut b,
+        "etc/group",
+        0o644,
+        b"root:x:0:\nwheel:x:10:app\napp:x:1000:\n",
+    );
+    add_file(&mut b, "bin/notexec", 0o644, b"#!/bin/sh\necho no\n");
+    b.into_inner().unwrap()
+}
+
+pub(crate) fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub(crate) fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -10,7 +10,7 @@
 //! both).
 #![allow(unused_must_use)]
 
-use crate::common::{Layer, Stack};
+use crate::common::Layer;
 use crate::harness::*;
 use std::path::Path;
 
@@ -80,21 +80,6 @@ fn ftruncate(fd: &Fd, len: u64) -> Res<()> {
     rc(unsafe { libc::ftruncate(fd.0, len as libc::off_t) })
 }
 
-fn futimens_mtime(fd: &Fd, sec: i64) -> Res<()> {
-    let ts = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: sec as libc::time_t,
-            tv_nsec: 0,
-        },
-    ];
-    // SAFETY: a valid fd and a two-element timespec array.
-    rc(unsafe { libc::futimens(fd.0, ts.as_ptr()) })
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -106,14 +91,9 @@ fn now() -> i64 {
 
 #[test]
 fn write_only_partial_pages() {
-    if !init() {
+    let Some(mut fx) = fixture_over(Layer::new().file("lower", pattern(10_000, 1), 0o644)) else {
         return;
-    }
-    let stack = Stack::new(vec![
-        Layer::new().file("lower", pattern(10_000, 1), 0o644),
-        Layer::new().dir("d", 0o755),
-    ]);
-    let mut fx = WFixture::new(&stack);
+    };
     let mut fails = Vec::new();
     // A lower file opened write-only (copy-up), a few bytes in the middle of a page: the kernel
     // must read the rest of the page from somewhere.
@@ -163,14 +143,9 @@ fn write_only_partial_pages() {
 
 #[test]
 fn append_and_truncate() {
-    if !init() {
+    let Some(mut fx) = fixture_over(Layer::new().file("log", b"line0\n", 0o644)) else {
         return;
-    }
-    let stack = Stack::new(vec![
-        Layer::new().file("log", b"line0\n", 0o644),
-        Layer::new().dir("d", 0o755),
-    ]);
-    let mut fx = WFixture::new(&stack);
+    };
     let mut fails = Vec::new();
     both(
         &mut fails,
@@ -237,15 +212,10 @@ fn append_and_truncate() {
 
 #[test]
 fn mtime_follows_writes() {
-    if !init() {
-        return;
-    }
     let old = 1_500_000_000;
-    let stack = Stack::new(vec![
-        Layer::new().file("f", b"data", 0o644),
-        Layer::new().dir("d", 0o755),
-    ]);
-    let mut fx = WFixture::new(&stack);
+    let Some(mut fx) = fixture_over(Layer::new().file("f", b"data", 0o644)) else {
+        return;
+    };
     let mut fails = Vec::new();
     let t0 = now() - 5;
     // Written after an explicit old mtime: the write makes it recent, seen by fstat while
@@ -300,14 +270,9 @@ fn mtime_follows_writes() {
 
 #[test]
 fn seek_data_and_hole_see_cached_data() {
-    if !init() {
+    let Some(mut fx) = fixture_over(Layer::new().file("sparse", pattern(4096, 5), 0o644)) else {
         return;
-    }
-    let stack = Stack::new(vec![
-        Layer::new().file("sparse", pattern(4096, 5), 0o644),
-        Layer::new().dir("d", 0o755),
-    ]);
-    let mut fx = WFixture::new(&stack);
+    };
     let mut fails = Vec::new();
     // Data written at 1 MiB and not yet flushed. The answer may be exact (the kernel's) or
     // coarse (no holes), but must never skip data or report a hole inside it.
@@ -370,15 +335,10 @@ fn seek_data_and_hole_see_cached_data() {
 
 #[test]
 fn dirty_files_renamed_or_unlinked_then_name_reused() {
-    if !init() {
-        return;
-    }
     let old = 1_400_000_000;
-    let stack = Stack::new(vec![
-        Layer::new().file("c", b"lower c", 0o644),
-        Layer::new().dir("d", 0o755),
-    ]);
-    let mut fx = WFixture::new(&stack);
+    let Some(mut fx) = fixture_over(Layer::new().file("c", b"lower c", 0o644)) else {
+        return;
+    };
     let mut fails = Vec::new();
     // Renamed while its pages are dirty; a new file takes the old name; the first is closed
     // last (its data and times are flushed after the name changed hands).
@@ -493,14 +453,9 @@ impl Drop for Aligned {
 
 #[test]
 fn direct_io() {
-    if !init() {
+    let Some(mut fx) = fixture_over(Layer::new().file("low", pattern(1 << 17, 21), 0o644)) else {
         return;
-    }
-    let stack = Stack::new(vec![
-        Layer::new().file("low", pattern(1 << 17, 21), 0o644),
-        Layer::new().dir("d", 0o755),
-    ]);
-    let mut fx = WFixture::new(&stack);
+    };
     let mut fails = Vec::new();
     // O_DIRECT reads and writes with aligned buffers work on the kernel; through the daemon
     // too (its own buffers are not aligned, so it must not pass O_DIRECT on).

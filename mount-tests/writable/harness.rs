@@ -8,7 +8,7 @@
 //!   themselves; layerfs-only checks and the crash test are skipped).
 #![allow(dead_code)]
 
-use crate::common::{self, CompareOptions, Kind, Scan, Stack};
+use crate::common::{self, CompareOptions, Kind, Layer, Scan, Stack};
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io;
@@ -54,6 +54,18 @@ pub fn init() -> bool {
         return true;
     }
     common::mount_tests_required()
+}
+
+/// The fixture of the small tests: `lower` over a layer holding only the empty directory `d`
+/// (where they create files), mounted on both sides; `None` where mount tests are skipped.
+pub fn fixture_over(lower: Layer) -> Option<WFixture> {
+    if !init() {
+        return None;
+    }
+    Some(WFixture::new(&Stack::new(vec![
+        lower,
+        Layer::new().dir("d", 0o755),
+    ])))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -110,14 +122,6 @@ impl Drop for Mnt {
     }
 }
 
-fn join_lowers(lowers: &[PathBuf]) -> String {
-    lowers
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
@@ -158,7 +162,7 @@ pub fn rootless() -> bool {
 }
 
 fn overlay_opts(lowers: &[PathBuf], upper_work: Option<(&Path, &Path)>, extra: &[&str]) -> String {
-    let mut opts = format!("lowerdir={}", join_lowers(lowers));
+    let mut opts = format!("lowerdir={}", common::join_lowers(lowers));
     if let Some((u, w)) = upper_work {
         opts.push_str(&format!(
             ",upperdir={},workdir={}",
@@ -934,6 +938,10 @@ pub fn utimens(p: &Path, atime: (i64, i64), mtime: (i64, i64), nofollow: bool) -
         0
     };
     rc(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), fl) })
+}
+/// Sets the mtime of an open file, leaving its atime alone.
+pub fn futimens_mtime(fd: &Fd, secs: i64) -> Res<()> {
+    common::futimens_mtime(fd.0, secs).map_err(|e| e.raw_os_error().unwrap_or(-1))
 }
 pub fn lsetxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> Res<()> {
     let (c, n) = (cstr(p), CString::new(name).unwrap());
