@@ -55,7 +55,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
 use tar::{EntryType, Header};
@@ -66,7 +65,7 @@ use super::extract::{self, ExtractError, ExtractOptions};
 use super::merged::{MergedError, MergedView};
 use super::oci::{self, Descriptor, ImageConfig, Manifest};
 use super::reference::Reference;
-use super::{LayerInfo, Lock, Store, StoreError, format};
+use super::{LayerInfo, Lock, Store, StoreError, WorkDir, format};
 use crate::overlay::rules::{self, NameClass};
 use crate::overlay::{Ino, LayerIdx};
 use crate::sys::{self, FileKind, Stat};
@@ -727,26 +726,6 @@ pub struct Committed {
     pub new_layer: bool,
 }
 
-static SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// A directory under `tmp/`, removed on drop unless kept.
-struct WorkDir {
-    path: PathBuf,
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if self.path.as_os_str().is_empty() {
-            return;
-        }
-        if let (Some(parent), Some(name)) = (self.path.parent(), self.path.file_name())
-            && let (Ok(p), Ok(n)) = (sys::open_dir_path(parent), sys::cstr(name))
-        {
-            let _ = extract::remove_at(p.as_fd(), &n);
-        }
-    }
-}
-
 fn work_err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> CommitError + 'a {
     move |cause| CommitError::Work {
         path: path.to_path_buf(),
@@ -852,12 +831,7 @@ pub fn commit(
     req: &CommitRequest<'_>,
 ) -> Result<Committed, CommitError> {
     let (parent_value, _parent_config, mut layers) = parent(store, req)?;
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let work = WorkDir {
-        path: store
-            .tmp_dir()
-            .join(format!("commit-{}-{n}", std::process::id())),
-    };
+    let work = WorkDir::new(store, "commit");
     let diff_dir = work.path.join("diff");
     fs::create_dir_all(&diff_dir).map_err(work_err(&diff_dir, "cannot create"))?;
     // 1. The tar, uncompressed: blob digest = diffID.
@@ -926,9 +900,8 @@ pub fn commit(
                     let _ = extract::remove_at(pfd.as_fd(), &c);
                 }
             }
-            let mut work = work;
             fs::rename(&work.path, &dest).map_err(work_err(&dest, "cannot move into place"))?;
-            work.path = PathBuf::new();
+            work.keep();
             info
         }
     };

@@ -20,7 +20,6 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::compress::{self, CompressError};
 use super::digest::{DiffId, Digest, HashingReader, TeeReader};
@@ -29,7 +28,7 @@ use super::oci::{self, Descriptor, DockerManifestEntry, ImageConfig, Index, Mani
 use super::progress::{Progress, ProgressReader};
 use super::reference::{Reference, ReferenceError};
 use super::source::{self, Source, SourceError};
-use super::{LayerInfo, Lock, MAX_JSON, Store, StoreError, format};
+use super::{LayerInfo, Lock, MAX_JSON, Store, StoreError, WorkDir, format};
 use crate::sys;
 
 /// How to load.
@@ -396,46 +395,6 @@ fn plan_oci(src: &Source) -> Result<Vec<Planned>, LoadError> {
     Ok(out)
 }
 
-/// A directory under `tmp/`, removed on drop unless kept.
-struct WorkDir {
-    path: PathBuf,
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if self.path.as_os_str().is_empty() {
-            return;
-        }
-        if let (Some(parent), Some(name)) = (self.path.parent(), self.path.file_name())
-            && let (Ok(p), Ok(n)) = (sys::open_dir_path(parent), sys::cstr(name))
-        {
-            let _ = extract::remove_at(p.as_fd(), &n);
-        }
-    }
-}
-
-static WORK_SEQ: AtomicU64 = AtomicU64::new(0);
-
-impl WorkDir {
-    fn new(store: &Store, what: &str) -> Result<WorkDir, LoadError> {
-        let n = WORK_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = store
-            .tmp_dir()
-            .join(format!("{what}-{}-{n}", std::process::id()));
-        fs::create_dir_all(path.join("diff")).map_err(|cause| LoadError::Work {
-            path: path.clone(),
-            step: "cannot create",
-            cause,
-        })?;
-        Ok(WorkDir { path })
-    }
-
-    /// Keeps the directory: it was renamed away.
-    fn keep(mut self) {
-        self.path = PathBuf::new();
-    }
-}
-
 fn rename(from: &Path, to: &Path) -> Result<(), LoadError> {
     fs::rename(from, to).map_err(|cause| LoadError::Work {
         path: to.to_path_buf(),
@@ -463,7 +422,12 @@ fn extract_layer(
     progress: &Progress,
 ) -> Result<(LayerInfo, Vec<String>), LoadError> {
     let member = input.member.clone();
-    let work = WorkDir::new(store, "layer")?;
+    let work = WorkDir::new(store, "layer");
+    fs::create_dir_all(work.path.join("diff")).map_err(|cause| LoadError::Work {
+        path: work.path.clone(),
+        step: "cannot create",
+        cause,
+    })?;
     let blob_path = work.path.join("blob");
     let blob_file = File::create(&blob_path).map_err(|cause| LoadError::Work {
         path: blob_path.clone(),

@@ -58,6 +58,7 @@ use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -566,5 +567,43 @@ pub fn image_name(img: &Image) -> String {
     match img.tags.first() {
         Some(t) => t.to_string(),
         None => img.id.short().to_string(),
+    }
+}
+
+/// A work directory `tmp/WHAT-PID-N` where a layer is built before its
+/// rename into the store; removed on drop unless kept. [`WorkDir::new`]
+/// only names it: the caller creates it.
+struct WorkDir {
+    path: PathBuf,
+}
+
+static WORK_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl WorkDir {
+    fn new(store: &Store, what: &str) -> WorkDir {
+        let n = WORK_SEQ.fetch_add(1, Ordering::Relaxed);
+        WorkDir {
+            path: store
+                .tmp_dir()
+                .join(format!("{what}-{}-{n}", std::process::id())),
+        }
+    }
+
+    /// Keeps the directory: it was renamed away.
+    fn keep(mut self) {
+        self.path = PathBuf::new();
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
+        if let (Some(parent), Some(name)) = (self.path.parent(), self.path.file_name())
+            && let (Ok(p), Ok(n)) = (sys::open_dir_path(parent), sys::cstr(name))
+        {
+            let _ = extract::remove_at(p.as_fd(), &n);
+        }
     }
 }
