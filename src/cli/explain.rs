@@ -815,33 +815,17 @@ pub fn render(r: &Report) -> String {
         };
         let _ = writeln!(o, "{head}{} in {}: {because}", h.kind, label(h.layer));
     }
-    for (i, m) in r.whiteouts.iter().enumerate() {
-        let head = if i == 0 {
-            "  whiteouts     "
-        } else {
-            "                "
-        };
-        let _ = writeln!(
-            o,
-            "{head}{} in {} ({})",
-            m.path,
-            label(m.layer),
-            encoding_prose(&m.encoding)
-        );
-    }
-    for (i, m) in r.opaque_dirs.iter().enumerate() {
-        let head = if i == 0 {
-            "  opaque dirs   "
-        } else {
-            "                "
-        };
-        let _ = writeln!(
-            o,
-            "{head}{} in {} ({})",
-            m.path,
-            label(m.layer),
-            encoding_prose(&m.encoding)
-        );
+    for (title, marks) in [("whiteouts", &r.whiteouts), ("opaque dirs", &r.opaque_dirs)] {
+        for (i, m) in marks.iter().enumerate() {
+            let head = if i == 0 { title } else { "" };
+            let _ = writeln!(
+                o,
+                "  {head:<14}{} in {} ({})",
+                m.path,
+                label(m.layer),
+                encoding_prose(&m.encoding)
+            );
+        }
     }
     o
 }

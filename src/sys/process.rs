@@ -85,30 +85,31 @@ pub fn detach() -> SysResult<()> {
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread; threads created
 /// afterwards inherit the mask, so only [`wait_termination`] sees them.
 pub fn block_termination_signals() {
-    // SAFETY: the set is initialised by sigemptyset before use.
+    let set = termination_set();
+    // SAFETY: an initialised set; the old mask is not asked for.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// The set of SIGINT, SIGTERM and SIGHUP.
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set before sigaddset uses it.
     unsafe {
         let mut set = std::mem::zeroed::<libc::sigset_t>();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
     }
 }
 
 /// Waits for one of the signals blocked by [`block_termination_signals`].
 pub fn wait_termination() -> i32 {
-    // SAFETY: the set is initialised before use; `sig` is a valid out pointer.
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        let mut sig = 0;
-        libc::sigwait(&set, &mut sig);
-        sig
-    }
+    let set = termination_set();
+    let mut sig = 0;
+    // SAFETY: an initialised set; `sig` is a valid out pointer.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    sig
 }
 
 /// `umount2(path, flags)`.
