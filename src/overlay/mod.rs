@@ -10,6 +10,7 @@
 //!   ids of the daemon's user namespace (pure, but for reading its maps);
 //! - [`prune`]: which inodes to let go when the node table is over its
 //!   bound (pure);
+//! - [`reaper`]: freeing removed upper files off the request path;
 //! - [`trace`]: copy-on-write events and their JSON Lines sink;
 //! - [`stats`]: counters of a running mount.
 //!
@@ -21,6 +22,7 @@ pub mod fs;
 pub mod idmap;
 pub mod layers;
 pub mod prune;
+pub mod reaper;
 pub mod rules;
 pub mod stats;
 pub mod trace;

@@ -29,6 +29,7 @@ use log::{debug, info, warn};
 use super::fs::{Found, Loc, Overlay, is_internal_xattr};
 use super::idmap::NsOwners;
 use super::layers::Stack;
+use super::reaper::Reaper;
 use super::rules::{self, Place, Redirect};
 use super::trace::CopyMethod;
 use super::types::{Ino, LayerIdx};
@@ -223,6 +224,8 @@ pub struct Upper {
     copy_locks: Box<[Mutex<()>]>,
     /// The ids of the daemon's user namespace; `None` in the initial one.
     ns: Option<NsOwners>,
+    /// Drops references to removed upper files off the request path.
+    reaper: Reaper,
     /// The daemon's (uid, gid): what owns an object it creates (the group
     /// of a setgid parent aside, which the kernel applies either way).
     creds: (u32, u32),
@@ -345,6 +348,7 @@ impl Upper {
             copy_locks: (0..COPY_LOCKS).map(|_| Mutex::new(())).collect(),
             ns: NsOwners::current(),
             creds: sys::ns::getuid_gid_effective(),
+            reaper: Reaper::default(),
         })
     }
 
@@ -1180,7 +1184,10 @@ impl Overlay {
         let cname = sys::cstr(OsStr::from_bytes(name))?;
         let work = up.work.as_fd();
         if found.in_upper() {
-            let real = sys::fstatat(pfd.as_fd(), &cname)?;
+            // Held past the removal: the reaper drops the last reference
+            // (and with it the freeing of the blocks) off this request.
+            let held = sys::openat(pfd.as_fd(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            let real = sys::fstat(held.as_fd())?;
             if below && up.chardev_whiteouts {
                 // Swap a fresh whiteout in, atomically, then drop the old object.
                 let tmp = up.tmp_name();
@@ -1213,6 +1220,7 @@ impl Overlay {
             if real.nlink <= 1 || found.is_dir() {
                 self.origins.remove(&real.ino);
             }
+            up.reaper.release(held);
         } else if self.upper_entry(pfd, name)? != UpperEntry::FileWhiteout {
             // Only below: a whiteout is all it takes (no copy-up).
             self.make_whiteout(pfd, name)?;
@@ -1460,7 +1468,9 @@ impl Overlay {
             {
                 self.set_opaque(opfd.as_fd(), &cname, (newparent, newname))?;
             }
-            let real = sys::fstatat(npfd.as_fd(), &cnew).ok();
+            // What the rename replaces, held so that the reaper frees it.
+            let held = sys::openat(npfd.as_fd(), &cnew, libc::O_PATH | libc::O_NOFOLLOW, 0).ok();
+            let real = held.as_ref().and_then(|fd| sys::fstat(fd.as_fd()).ok());
             if src.is_dir() && dst_entry == UpperEntry::ChardevWhiteout {
                 // A directory cannot replace a non-directory: swap, which
                 // leaves the whiteout at the old name.
@@ -1504,6 +1514,9 @@ impl Overlay {
                 && !r.is_whiteout()
             {
                 self.origins.remove(&r.ino);
+            }
+            if let Some(fd) = held {
+                up.reaper.release(fd);
             }
             let _ = work;
         }
