@@ -1394,3 +1394,58 @@ fn metadata_changes_copy_no_data() {
     truncate(&m.join("g"), 2).expect("truncate g");
     assert_eq!(read_path(&m.join("g")).expect("read g"), b"sm".to_vec());
 }
+
+/// `umount`, then a new mount at the same path while the old daemon is still on its way out:
+/// the old daemon must not take the new mount down when its session ends (fuser 0.18.0 called
+/// umount(2) on the path again; see vendor/fuser/PATCHES.md). The old daemon is held stopped
+/// across the umount and the new mount, which opens the window of that race for certain; the
+/// kernel needs no answer from it for the umount (nothing is dirty or in flight).
+#[test]
+fn new_mount_survives_exit_of_previous_daemon_at_same_path() {
+    if !init() || !layerfs_specific() {
+        return;
+    }
+    let base = crate::common::temp_base();
+    let (lower, upper, work) = (
+        base.path().join("l"),
+        base.path().join("u"),
+        base.path().join("w"),
+    );
+    for d in [&lower, &upper, &work] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(lower.join("f"), b"lower").unwrap();
+    let mnt = base.path().join("m");
+    let log = base.path().join("old.log");
+    let uw = Some((upper.as_path(), work.as_path()));
+    let mut old = mount_layerfs_foreground(std::slice::from_ref(&lower), uw, &mnt, &log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut child = old.child.take().expect("foreground child");
+    let pid = child.id() as libc::pid_t;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // umount(2) itself: the umount command may stat the mount point, which needs the daemon.
+    let target = cstr(old.path());
+    let umounted = rc(unsafe { libc::umount2(target.as_ptr(), 0) });
+    old.disarm();
+    let new = umounted
+        .map_err(errname)
+        .and_then(|()| mount_layerfs(std::slice::from_ref(&lower), uw, &mnt, &[]));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let exited = wait_until(std::time::Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        child.kill();
+        child.wait();
+    }
+    let mut new = new.unwrap_or_else(|e| panic!("umount, then mount again: {e}"));
+    assert!(exited, "the old daemon did not exit after its umount");
+    assert!(
+        crate::common::is_mounted(new.path()),
+        "the new mount at {} is gone after the old daemon exited; old daemon's log: {}",
+        mnt.display(),
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(read_path(&new.path().join("f")), Ok(b"lower".to_vec()));
+    new.unmount().unwrap_or_else(|e| panic!("{e}"));
+}
