@@ -36,7 +36,8 @@ Usage: scripts/bench.sh [options]
                      write: copyup copyup_volatile append chmod untar(+rm) seqwrite randwrite git make
   --impls LIST       subset of: native,kernel,fo1,fo2,layerfs (default: all)
   --work DIR         scratch/cache dir (default /var/tmp/layerfs-bench, env LAYERFS_BENCH_WORK)
-  --out FILE         report file (default docs/benchmarks.md; with --quick WORK/benchmarks-quick.md;
+  --out FILE         report file (default docs/benchmarks.md, with --rootless
+                     docs/benchmarks-rootless.md; with --quick WORK/benchmarks-quick.md;
                      "-" for none)
   --timeout SECS     per-workload timeout (default 300, --quick 120)
   --no-build         never run cargo build for layerfs (skip the column when the binary is missing)
@@ -100,7 +101,9 @@ parse_args() {
     : "${B_REPS:=1}" "${B_TMO:=120}" "${B_OUT:=$B_WORK/benchmarks-quick.md}"
     export B_RR_IO=256M B_RW_SIZE=64M
   else
-    : "${B_REPS:=3}" "${B_TMO:=300}" "${B_OUT:=$REPO_ROOT/docs/benchmarks.md}"
+    local report=benchmarks.md
+    ((B_ROOTLESS)) && report=benchmarks-rootless.md
+    : "${B_REPS:=3}" "${B_TMO:=300}" "${B_OUT:=$REPO_ROOT/docs/$report}"
     export B_RR_IO=1G B_RW_SIZE=256M
   fi
   [[ $B_REPS =~ ^[1-9][0-9]*$ ]] || die "--reps wants a positive integer"
