@@ -643,9 +643,22 @@ pub fn fchmodat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> 
         });
         match r {
             Err(Errno::ENOSYS) => NO_FCHMODAT2.store(true, Ordering::Relaxed),
+            // A seccomp filter that does not know fchmodat2 may say EPERM:
+            // retried through /proc, which decides whether it was real.
+            Err(Errno::EPERM) => {
+                let r = chmod_proc(dirfd, name, mode);
+                if r.is_ok() {
+                    NO_FCHMODAT2.store(true, Ordering::Relaxed);
+                }
+                return r;
+            }
             r => return r.map(drop),
         }
     }
+    chmod_proc(dirfd, name, mode)
+}
+
+fn chmod_proc(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
     let path = proc_fd_path(dirfd, Some(name));
     // SAFETY: valid C string.
     check(unsafe { libc::chmod(path.as_ptr(), mode as libc::mode_t) })?;

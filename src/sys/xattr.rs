@@ -58,6 +58,10 @@ fn proc_path(dirfd: BorrowedFd<'_>, name: &CStr) -> std::ffi::CString {
 
 /// Runs `at` unless the kernel is known to lack the `*xattrat` calls (or the
 /// name is empty); otherwise, or on ENOSYS, `proc` on the /proc path.
+///
+/// A seccomp filter that does not know the calls may answer EPERM instead
+/// of ENOSYS (older container profiles do): EPERM is retried through /proc,
+/// and if that works the `*xattrat` calls are not used again.
 fn with_at<T>(
     dirfd: BorrowedFd<'_>,
     name: &CStr,
@@ -67,6 +71,13 @@ fn with_at<T>(
     if !name.is_empty() && !NO_XATTRAT.load(Ordering::Relaxed) {
         match at() {
             Err(Errno::ENOSYS) => NO_XATTRAT.store(true, Ordering::Relaxed),
+            Err(Errno::EPERM) => {
+                let r = proc(&proc_path(dirfd, name));
+                if r.is_ok() {
+                    NO_XATTRAT.store(true, Ordering::Relaxed);
+                }
+                return r;
+            }
             r => return r,
         }
     }
