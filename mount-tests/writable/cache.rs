@@ -14,42 +14,6 @@ use crate::common::Layer;
 use crate::harness::*;
 use std::path::Path;
 
-/// Runs `f` on both mounts and records a difference as a failure.
-fn both<R: PartialEq + std::fmt::Debug>(
-    fails: &mut Vec<String>,
-    fx: &WFixture,
-    what: &str,
-    f: impl Fn(&Path) -> R,
-) -> (R, R) {
-    let a = f(fx.k());
-    let b = f(fx.f());
-    if a != b {
-        fails.push(format!("{what}: kernel {a:?} vs layerfs {b:?}"));
-    }
-    (a, b)
-}
-
-/// Checks `f` on both mounts: it must hold on the kernel (else the test is wrong) and is a
-/// failure on layerfs.
-fn holds(
-    fails: &mut Vec<String>,
-    fx: &WFixture,
-    what: &str,
-    f: impl Fn(&Path) -> Result<(), String>,
-) {
-    if let Err(e) = f(fx.k()) {
-        panic!("test bug: {what} does not hold on the kernel: {e}");
-    }
-    if let Err(e) = f(fx.f()) {
-        fails.push(format!("{what}: {e}"));
-    }
-}
-
-fn finish(what: &str, mut fails: Vec<String>, fx: &mut WFixture) {
-    fails.extend(fx.finish());
-    assert_no_failures(what, &fails);
-}
-
 fn read_path(p: &Path) -> Res<Vec<u8>> {
     let fd = open(p, libc::O_RDONLY, 0)?;
     read_all(&fd, 64 << 20)
@@ -94,11 +58,10 @@ fn write_only_partial_pages() {
     let Some(mut fx) = fixture_over(Layer::new().file("lower", pattern(10_000, 1), 0o644)) else {
         return;
     };
-    let mut fails = Vec::new();
+    let mut t = Checks::new();
     // A lower file opened write-only (copy-up), a few bytes in the middle of a page: the kernel
     // must read the rest of the page from somewhere.
-    both(
-        &mut fails,
+    t.both(
         &fx,
         "O_WRONLY partial page of a lower file",
         |r| -> Res<()> {
@@ -109,36 +72,27 @@ fn write_only_partial_pages() {
             Ok(())
         },
     );
-    both(&mut fails, &fx, "read lower", |r| {
-        read_path(&r.join("lower"))
-    });
+    t.both(&fx, "read lower", |r| read_path(&r.join("lower")));
     // A file written whole, then patched write-only by a second open.
-    both(
-        &mut fails,
-        &fx,
-        "O_WRONLY patch of an upper file",
-        |r| -> Res<()> {
-            let p = r.join("d/new");
-            let fd = open(&p, libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC, 0o644)?;
-            write(&fd, &pattern(9000, 7))?;
-            drop(fd);
-            let fd = open(&p, libc::O_WRONLY, 0)?;
-            pwrite(&fd, b"0123456789", 4090)?;
-            Ok(())
-        },
-    );
-    both(&mut fails, &fx, "read d/new", |r| {
-        read_path(&r.join("d/new"))
+    t.both(&fx, "O_WRONLY patch of an upper file", |r| -> Res<()> {
+        let p = r.join("d/new");
+        let fd = open(&p, libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC, 0o644)?;
+        write(&fd, &pattern(9000, 7))?;
+        drop(fd);
+        let fd = open(&p, libc::O_WRONLY, 0)?;
+        pwrite(&fd, b"0123456789", 4090)?;
+        Ok(())
     });
+    t.both(&fx, "read d/new", |r| read_path(&r.join("d/new")));
     // A write-only file (mode 0200): its owner may open it write-only only.
-    both(&mut fails, &fx, "mode 0200 file", |r| -> Res<()> {
+    t.both(&fx, "mode 0200 file", |r| -> Res<()> {
         let p = r.join("d/wo");
         let fd = open(&p, libc::O_CREAT | libc::O_WRONLY | libc::O_EXCL, 0o200)?;
         write(&fd, &pattern(5000, 3))?;
         pwrite(&fd, b"xy", 100)?;
         Ok(())
     });
-    finish("write_only_partial_pages", fails, &mut fx);
+    t.finish("write_only_partial_pages", &mut fx);
 }
 
 #[test]
@@ -146,9 +100,8 @@ fn append_and_truncate() {
     let Some(mut fx) = fixture_over(Layer::new().file("log", b"line0\n", 0o644)) else {
         return;
     };
-    let mut fails = Vec::new();
-    both(
-        &mut fails,
+    let mut t = Checks::new();
+    t.both(
         &fx,
         "two appenders and a plain writer",
         |r| -> Res<Vec<i64>> {
@@ -170,9 +123,8 @@ fn append_and_truncate() {
             Ok(out)
         },
     );
-    both(&mut fails, &fx, "read log", |r| read_path(&r.join("log")));
-    both(
-        &mut fails,
+    t.both(&fx, "read log", |r| read_path(&r.join("log")));
+    t.both(
         &fx,
         "truncate with cached pages, then write",
         |r| -> Res<Vec<i64>> {
@@ -192,22 +144,15 @@ fn append_and_truncate() {
             Ok(out)
         },
     );
-    both(&mut fails, &fx, "read d/t", |r| read_path(&r.join("d/t")));
-    both(
-        &mut fails,
-        &fx,
-        "O_TRUNC open of a cached file",
-        |r| -> Res<i64> {
-            let p = r.join("d/t");
-            let fd = open(&p, libc::O_WRONLY | libc::O_TRUNC, 0)?;
-            pwrite(&fd, b"again", 3)?;
-            Ok(fstat(&fd)?.st_size)
-        },
-    );
-    both(&mut fails, &fx, "read d/t again", |r| {
-        read_path(&r.join("d/t"))
+    t.both(&fx, "read d/t", |r| read_path(&r.join("d/t")));
+    t.both(&fx, "O_TRUNC open of a cached file", |r| -> Res<i64> {
+        let p = r.join("d/t");
+        let fd = open(&p, libc::O_WRONLY | libc::O_TRUNC, 0)?;
+        pwrite(&fd, b"again", 3)?;
+        Ok(fstat(&fd)?.st_size)
     });
-    finish("append_and_truncate", fails, &mut fx);
+    t.both(&fx, "read d/t again", |r| read_path(&r.join("d/t")));
+    t.finish("append_and_truncate", &mut fx);
 }
 
 #[test]
@@ -216,11 +161,11 @@ fn mtime_follows_writes() {
     let Some(mut fx) = fixture_over(Layer::new().file("f", b"data", 0o644)) else {
         return;
     };
-    let mut fails = Vec::new();
+    let mut t = Checks::new();
     let t0 = now() - 5;
     // Written after an explicit old mtime: the write makes it recent, seen by fstat while
     // open, by stat after close, and on disk after unmount (fx.finish compares the uppers).
-    holds(&mut fails, &fx, "mtime after write", |r| {
+    t.holds(&fx, "mtime after write", |r| {
         let p = r.join("f");
         utimens(&p, (old, 0), (old, 0), false).map_err(errname)?;
         let fd = open(&p, libc::O_WRONLY, 0).map_err(errname)?;
@@ -237,7 +182,7 @@ fn mtime_follows_writes() {
     });
     // An explicit mtime set after writes on an open fd wins over the kernel's late flush of
     // the write's time, also after close.
-    holds(&mut fails, &fx, "explicit mtime after write", |r| {
+    t.holds(&fx, "explicit mtime after write", |r| {
         let p = r.join("d/e");
         let fd = open(&p, libc::O_CREAT | libc::O_RDWR, 0o644).map_err(errname)?;
         write(&fd, &pattern(10_000, 2)).map_err(errname)?;
@@ -250,8 +195,7 @@ fn mtime_follows_writes() {
         }
         Ok(())
     });
-    both(
-        &mut fails,
+    t.both(
         &fx,
         "size seen by stat while writing",
         |r| -> Res<(i64, i64)> {
@@ -262,7 +206,7 @@ fn mtime_follows_writes() {
             Ok((fstat(&fd)?.st_size, by_path))
         },
     );
-    finish("mtime_follows_writes", fails, &mut fx);
+    t.finish("mtime_follows_writes", &mut fx);
     // After the remount fx.finish did, the explicit time is what the upper layer holds.
     let st = lstat(&fx.f_upper.join("d/e")).map(|s| s.st_mtime);
     assert_eq!(st, Ok(old), "mtime of d/e in the upper layer after unmount");
@@ -273,64 +217,52 @@ fn seek_data_and_hole_see_cached_data() {
     let Some(mut fx) = fixture_over(Layer::new().file("sparse", pattern(4096, 5), 0o644)) else {
         return;
     };
-    let mut fails = Vec::new();
+    let mut t = Checks::new();
     // Data written at 1 MiB and not yet flushed. The answer may be exact (the kernel's) or
     // coarse (no holes), but must never skip data or report a hole inside it.
-    holds(
-        &mut fails,
-        &fx,
-        "SEEK_DATA/SEEK_HOLE over unflushed data",
-        |r| {
-            let p = r.join("d/h");
-            let fd = open(&p, libc::O_CREAT | libc::O_RDWR, 0o644).map_err(errname)?;
-            let at = 1 << 20;
-            pwrite(&fd, &pattern(8192, 6), at as u64).map_err(errname)?;
-            let size = at + 8192;
-            let data = lseek(&fd, 0, libc::SEEK_DATA).map_err(errname)?;
-            if data > at {
-                return Err(format!(
-                    "SEEK_DATA from 0 = {data}, beyond the data at {at}"
-                ));
-            }
-            let d2 = lseek(&fd, at, libc::SEEK_DATA).map_err(errname)?;
-            if d2 != at {
-                return Err(format!("SEEK_DATA from {at} = {d2}"));
-            }
-            let hole = lseek(&fd, at, libc::SEEK_HOLE).map_err(errname)?;
-            if hole != size {
-                return Err(format!("SEEK_HOLE from {at} = {hole}, size {size}"));
-            }
-            match lseek(&fd, size, libc::SEEK_DATA) {
-                Err(libc::ENXIO) => {}
-                r => return Err(format!("SEEK_DATA at EOF: {r:?}, expected ENXIO")),
-            }
-            Ok(())
-        },
-    );
-    // Same on a copied-up lower file extended by a write.
-    holds(
-        &mut fails,
-        &fx,
-        "SEEK_HOLE after extending a lower file",
-        |r| {
-            let fd = open(&r.join("sparse"), libc::O_RDWR, 0).map_err(errname)?;
-            pwrite(&fd, b"far", 70_000).map_err(errname)?;
-            let d = lseek(&fd, 69_000, libc::SEEK_DATA).map_err(errname)?;
-            if !(69_000..=70_000).contains(&d) {
-                return Err(format!("SEEK_DATA from 69000 = {d}"));
-            }
-            let h = lseek(&fd, 70_000, libc::SEEK_HOLE).map_err(errname)?;
-            if h != 70_003 {
-                return Err(format!("SEEK_HOLE from 70000 = {h}, size 70003"));
-            }
-            Ok(())
-        },
-    );
-    both(&mut fails, &fx, "read d/h", |r| read_path(&r.join("d/h")));
-    both(&mut fails, &fx, "read sparse", |r| {
-        read_path(&r.join("sparse"))
+    t.holds(&fx, "SEEK_DATA/SEEK_HOLE over unflushed data", |r| {
+        let p = r.join("d/h");
+        let fd = open(&p, libc::O_CREAT | libc::O_RDWR, 0o644).map_err(errname)?;
+        let at = 1 << 20;
+        pwrite(&fd, &pattern(8192, 6), at as u64).map_err(errname)?;
+        let size = at + 8192;
+        let data = lseek(&fd, 0, libc::SEEK_DATA).map_err(errname)?;
+        if data > at {
+            return Err(format!(
+                "SEEK_DATA from 0 = {data}, beyond the data at {at}"
+            ));
+        }
+        let d2 = lseek(&fd, at, libc::SEEK_DATA).map_err(errname)?;
+        if d2 != at {
+            return Err(format!("SEEK_DATA from {at} = {d2}"));
+        }
+        let hole = lseek(&fd, at, libc::SEEK_HOLE).map_err(errname)?;
+        if hole != size {
+            return Err(format!("SEEK_HOLE from {at} = {hole}, size {size}"));
+        }
+        match lseek(&fd, size, libc::SEEK_DATA) {
+            Err(libc::ENXIO) => {}
+            r => return Err(format!("SEEK_DATA at EOF: {r:?}, expected ENXIO")),
+        }
+        Ok(())
     });
-    finish("seek_data_and_hole_see_cached_data", fails, &mut fx);
+    // Same on a copied-up lower file extended by a write.
+    t.holds(&fx, "SEEK_HOLE after extending a lower file", |r| {
+        let fd = open(&r.join("sparse"), libc::O_RDWR, 0).map_err(errname)?;
+        pwrite(&fd, b"far", 70_000).map_err(errname)?;
+        let d = lseek(&fd, 69_000, libc::SEEK_DATA).map_err(errname)?;
+        if !(69_000..=70_000).contains(&d) {
+            return Err(format!("SEEK_DATA from 69000 = {d}"));
+        }
+        let h = lseek(&fd, 70_000, libc::SEEK_HOLE).map_err(errname)?;
+        if h != 70_003 {
+            return Err(format!("SEEK_HOLE from 70000 = {h}, size 70003"));
+        }
+        Ok(())
+    });
+    t.both(&fx, "read d/h", |r| read_path(&r.join("d/h")));
+    t.both(&fx, "read sparse", |r| read_path(&r.join("sparse")));
+    t.finish("seek_data_and_hole_see_cached_data", &mut fx);
 }
 
 #[test]
@@ -339,75 +271,60 @@ fn dirty_files_renamed_or_unlinked_then_name_reused() {
     let Some(mut fx) = fixture_over(Layer::new().file("c", b"lower c", 0o644)) else {
         return;
     };
-    let mut fails = Vec::new();
+    let mut t = Checks::new();
     // Renamed while its pages are dirty; a new file takes the old name; the first is closed
     // last (its data and times are flushed after the name changed hands).
-    both(
-        &mut fails,
-        &fx,
-        "rename dirty, reuse name",
-        |r| -> Res<()> {
-            let a = r.join("d/a");
-            let fd = open(&a, libc::O_CREAT | libc::O_WRONLY, 0o644)?;
-            write(&fd, &pattern(12_000, 11))?;
-            rename2(&a, &r.join("d/b"), 0)?;
-            pwrite(&fd, b"after rename", 100)?;
-            let fd2 = open(&a, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644)?;
-            write(&fd2, b"the new a")?;
-            futimens_mtime(&fd2, old)?;
-            drop(fd2);
-            drop(fd);
-            Ok(())
-        },
-    );
-    both(&mut fails, &fx, "read d/a", |r| read_path(&r.join("d/a")));
-    both(&mut fails, &fx, "read d/b", |r| read_path(&r.join("d/b")));
+    t.both(&fx, "rename dirty, reuse name", |r| -> Res<()> {
+        let a = r.join("d/a");
+        let fd = open(&a, libc::O_CREAT | libc::O_WRONLY, 0o644)?;
+        write(&fd, &pattern(12_000, 11))?;
+        rename2(&a, &r.join("d/b"), 0)?;
+        pwrite(&fd, b"after rename", 100)?;
+        let fd2 = open(&a, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644)?;
+        write(&fd2, b"the new a")?;
+        futimens_mtime(&fd2, old)?;
+        drop(fd2);
+        drop(fd);
+        Ok(())
+    });
+    t.both(&fx, "read d/a", |r| read_path(&r.join("d/a")));
+    t.both(&fx, "read d/b", |r| read_path(&r.join("d/b")));
     // Unlinked while dirty (a lower file, copied up at open); a new file takes the name.
-    both(
-        &mut fails,
-        &fx,
-        "unlink dirty, reuse name",
-        |r| -> Res<()> {
-            let c = r.join("c");
-            let fd = open(&c, libc::O_RDWR, 0)?;
-            pwrite(&fd, &pattern(9000, 12), 0)?;
-            unlink(&c)?;
-            pwrite(&fd, b"still writing", 20)?;
-            let fd2 = open(&c, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
-            write(&fd2, b"new c")?;
-            futimens_mtime(&fd2, old)?;
-            drop(fd2);
-            let seen = pread_all(&fd, 64)?;
-            drop(fd);
-            if seen.get(20..33) != Some(&b"still writing"[..]) {
-                return Err(-1);
-            }
-            Ok(())
-        },
-    );
-    both(&mut fails, &fx, "read c", |r| read_path(&r.join("c")));
+    t.both(&fx, "unlink dirty, reuse name", |r| -> Res<()> {
+        let c = r.join("c");
+        let fd = open(&c, libc::O_RDWR, 0)?;
+        pwrite(&fd, &pattern(9000, 12), 0)?;
+        unlink(&c)?;
+        pwrite(&fd, b"still writing", 20)?;
+        let fd2 = open(&c, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+        write(&fd2, b"new c")?;
+        futimens_mtime(&fd2, old)?;
+        drop(fd2);
+        let seen = pread_all(&fd, 64)?;
+        drop(fd);
+        if seen.get(20..33) != Some(&b"still writing"[..]) {
+            return Err(-1);
+        }
+        Ok(())
+    });
+    t.both(&fx, "read c", |r| read_path(&r.join("c")));
     // Renamed over: the replaced file's late flush must not land on the file that replaced it.
-    both(
-        &mut fails,
-        &fx,
-        "rename over a dirty file",
-        |r| -> Res<()> {
-            let x = r.join("d/x");
-            let y = r.join("d/y");
-            let fx_ = open(&x, libc::O_CREAT | libc::O_WRONLY, 0o644)?;
-            write(&fx_, &pattern(7000, 13))?;
-            let fy = open(&y, libc::O_CREAT | libc::O_WRONLY, 0o644)?;
-            write(&fy, b"y wins")?;
-            futimens_mtime(&fy, old)?;
-            drop(fy);
-            rename2(&y, &x, 0)?;
-            pwrite(&fx_, b"late", 0)?;
-            drop(fx_);
-            Ok(())
-        },
-    );
-    both(&mut fails, &fx, "read d/x", |r| read_path(&r.join("d/x")));
-    holds(&mut fails, &fx, "reused names keep their own mtime", |r| {
+    t.both(&fx, "rename over a dirty file", |r| -> Res<()> {
+        let x = r.join("d/x");
+        let y = r.join("d/y");
+        let fx_ = open(&x, libc::O_CREAT | libc::O_WRONLY, 0o644)?;
+        write(&fx_, &pattern(7000, 13))?;
+        let fy = open(&y, libc::O_CREAT | libc::O_WRONLY, 0o644)?;
+        write(&fy, b"y wins")?;
+        futimens_mtime(&fy, old)?;
+        drop(fy);
+        rename2(&y, &x, 0)?;
+        pwrite(&fx_, b"late", 0)?;
+        drop(fx_);
+        Ok(())
+    });
+    t.both(&fx, "read d/x", |r| read_path(&r.join("d/x")));
+    t.holds(&fx, "reused names keep their own mtime", |r| {
         for p in ["d/a", "c", "d/x"] {
             let m = lstat(&r.join(p)).map_err(errname)?.st_mtime;
             if m != old {
@@ -416,11 +333,7 @@ fn dirty_files_renamed_or_unlinked_then_name_reused() {
         }
         Ok(())
     });
-    finish(
-        "dirty_files_renamed_or_unlinked_then_name_reused",
-        fails,
-        &mut fx,
-    );
+    t.finish("dirty_files_renamed_or_unlinked_then_name_reused", &mut fx);
     for p in ["d/a", "c", "d/x"] {
         let st = lstat(&fx.f_upper.join(p)).map(|s| s.st_mtime);
         assert_eq!(st, Ok(old), "mtime of {p} in the upper layer after unmount");
@@ -456,46 +369,34 @@ fn direct_io() {
     let Some(mut fx) = fixture_over(Layer::new().file("low", pattern(1 << 17, 21), 0o644)) else {
         return;
     };
-    let mut fails = Vec::new();
+    let mut t = Checks::new();
     // O_DIRECT reads and writes with aligned buffers work on the kernel; through the daemon
     // too (its own buffers are not aligned, so it must not pass O_DIRECT on).
-    both(
-        &mut fails,
-        &fx,
-        "O_DIRECT read of a lower file",
-        |r| -> Res<String> {
-            let fd = open(&r.join("low"), libc::O_RDONLY | libc::O_DIRECT, 0)?;
-            let mut b = Aligned::new(1 << 16);
-            // SAFETY: reads into the aligned buffer we own.
-            let n = unsafe { libc::pread(fd.0, b.0.cast(), 1 << 16, 1 << 16) };
-            if n < 0 {
-                return Err(errno());
-            }
-            Ok(summary(&b.bytes()[..n as usize]))
-        },
-    );
-    both(
-        &mut fails,
-        &fx,
-        "O_DIRECT write of a new file",
-        |r| -> Res<i64> {
-            let fd = open(
-                &r.join("d/dio"),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_DIRECT,
-                0o644,
-            )?;
-            let mut b = Aligned::new(1 << 16);
-            b.bytes().copy_from_slice(&pattern(1 << 16, 22));
-            // SAFETY: writes from the aligned buffer we own.
-            let n = unsafe { libc::pwrite(fd.0, b.0.cast(), 1 << 16, 4096) };
-            if n < 0 {
-                return Err(errno());
-            }
-            Ok(n as i64)
-        },
-    );
-    both(&mut fails, &fx, "read d/dio", |r| {
-        read_path(&r.join("d/dio"))
+    t.both(&fx, "O_DIRECT read of a lower file", |r| -> Res<String> {
+        let fd = open(&r.join("low"), libc::O_RDONLY | libc::O_DIRECT, 0)?;
+        let mut b = Aligned::new(1 << 16);
+        // SAFETY: reads into the aligned buffer we own.
+        let n = unsafe { libc::pread(fd.0, b.0.cast(), 1 << 16, 1 << 16) };
+        if n < 0 {
+            return Err(errno());
+        }
+        Ok(summary(&b.bytes()[..n as usize]))
     });
-    finish("direct_io", fails, &mut fx);
+    t.both(&fx, "O_DIRECT write of a new file", |r| -> Res<i64> {
+        let fd = open(
+            &r.join("d/dio"),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_DIRECT,
+            0o644,
+        )?;
+        let mut b = Aligned::new(1 << 16);
+        b.bytes().copy_from_slice(&pattern(1 << 16, 22));
+        // SAFETY: writes from the aligned buffer we own.
+        let n = unsafe { libc::pwrite(fd.0, b.0.cast(), 1 << 16, 4096) };
+        if n < 0 {
+            return Err(errno());
+        }
+        Ok(n as i64)
+    });
+    t.both(&fx, "read d/dio", |r| read_path(&r.join("d/dio")));
+    t.finish("direct_io", &mut fx);
 }

@@ -1037,6 +1037,67 @@ pub fn panic_msg(e: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
+/// Collects the failures of one test that runs its steps on both mounts.
+pub struct Checks {
+    pub fails: Vec<String>,
+}
+
+impl Checks {
+    pub fn new() -> Self {
+        Checks { fails: Vec::new() }
+    }
+    /// Runs `f` on both roots; a difference is a failure. Returns (kernel, under test).
+    pub fn both<R: PartialEq + std::fmt::Debug>(
+        &mut self,
+        fx: &WFixture,
+        what: &str,
+        f: impl Fn(&Path) -> R,
+    ) -> (R, R) {
+        let a = f(fx.k());
+        let b = f(fx.f());
+        if a != b {
+            self.fails
+                .push(format!("{what}: kernel {a:?} vs under test {b:?}"));
+        }
+        (a, b)
+    }
+    /// An expectation: must hold on the kernel side (else the test is wrong: panic), is a
+    /// failure on the side under test.
+    pub fn expect(&mut self, kernel_side: bool, ok: bool, msg: impl Into<String>) {
+        let msg = msg.into();
+        if kernel_side {
+            assert!(
+                ok,
+                "test bug: expectation does not hold on the kernel: {msg}"
+            );
+        } else if !ok {
+            self.fails.push(msg);
+        }
+    }
+    /// Runs `check(root_of_mount, upper_dir, is_kernel)` on both sides.
+    pub fn expect_both(&mut self, fx: &WFixture, f: impl Fn(&Path, &Path) -> Result<(), String>) {
+        if let Err(e) = f(fx.k(), &fx.k_upper) {
+            panic!("test bug: expectation does not hold on the kernel: {e}");
+        }
+        if let Err(e) = f(fx.f(), &fx.f_upper) {
+            self.fails.push(e);
+        }
+    }
+    /// Like [`Checks::expect_both`] on the two merged roots, the failure prefixed with `what`.
+    pub fn holds(&mut self, fx: &WFixture, what: &str, f: impl Fn(&Path) -> Result<(), String>) {
+        if let Err(e) = f(fx.k()) {
+            panic!("test bug: {what} does not hold on the kernel: {e}");
+        }
+        if let Err(e) = f(fx.f()) {
+            self.fails.push(format!("{what}: {e}"));
+        }
+    }
+    pub fn finish(mut self, what: &str, fx: &mut WFixture) {
+        self.fails.extend(fx.finish());
+        assert_no_failures(what, &self.fails);
+    }
+}
+
 /// Panics with all failures, one per line.
 pub fn assert_no_failures(what: &str, failures: &[String]) {
     if !failures.is_empty() {

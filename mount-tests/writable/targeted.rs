@@ -11,58 +11,6 @@ use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-/// Collects failures of one test.
-struct T {
-    fails: Vec<String>,
-}
-
-impl T {
-    fn new() -> Self {
-        T { fails: Vec::new() }
-    }
-    /// Runs `f` on both roots; a difference is a failure. Returns (kernel, under test).
-    fn both<R: PartialEq + Debug>(
-        &mut self,
-        fx: &WFixture,
-        what: &str,
-        f: impl Fn(&Path) -> R,
-    ) -> (R, R) {
-        let a = f(fx.k());
-        let b = f(fx.f());
-        if a != b {
-            self.fails
-                .push(format!("{what}: kernel {a:?} vs under test {b:?}"));
-        }
-        (a, b)
-    }
-    /// An expectation: must hold on the kernel side (else the test is wrong: panic), is a
-    /// failure on the side under test.
-    fn expect(&mut self, kernel_side: bool, ok: bool, msg: impl Into<String>) {
-        let msg = msg.into();
-        if kernel_side {
-            assert!(
-                ok,
-                "test bug: expectation does not hold on the kernel: {msg}"
-            );
-        } else if !ok {
-            self.fails.push(msg);
-        }
-    }
-    /// Runs `check(root_of_mount, upper_dir, is_kernel)` on both sides.
-    fn expect_both(&mut self, fx: &WFixture, f: impl Fn(&Path, &Path) -> Result<(), String>) {
-        if let Err(e) = f(fx.k(), &fx.k_upper) {
-            panic!("test bug: expectation does not hold on the kernel: {e}");
-        }
-        if let Err(e) = f(fx.f(), &fx.f_upper) {
-            self.fails.push(e);
-        }
-    }
-    fn finish(mut self, what: &str, fx: &mut WFixture) {
-        self.fails.extend(fx.finish());
-        assert_no_failures(what, &self.fails);
-    }
-}
-
 /// A named step of a test, run on each mount.
 type NamedStep<'a> = (&'a str, Box<dyn Fn(&Path) -> Res<()>>);
 
@@ -124,7 +72,7 @@ fn unlink_lower_file_writes_whiteout_without_copy_up() {
             .symlink("d/s", "f"),
     ]);
     let mut fx = WFixture::new(&stack);
-    let mut t = T::new();
+    let mut t = Checks::new();
     for p in ["d/f", "top", "d/s"] {
         t.both(&fx, &format!("unlink {p}"), |r| unlink(&r.join(p)));
     }
@@ -175,7 +123,7 @@ fn rmdir_of_merged_dir() {
         Layer::new().file("op/hidden", b"h", 0o644),
     ]);
     let mut fx = WFixture::new(&stack);
-    let mut t = T::new();
+    let mut t = Checks::new();
     let steps: &[(&str, &str, i32)] = &[
         ("rmdir", "d", libc::ENOTEMPTY),
         ("unlink", "d/a", 0),
@@ -249,7 +197,7 @@ fn mkdir_over_whiteout_is_opaque() {
             .file("keep/k", b"k", 0o644),
     ]);
     let mut fx = WFixture::new(&stack);
-    let mut t = T::new();
+    let mut t = Checks::new();
     t.both(&fx, "unlink d/old", |r| unlink(&r.join("d/old")));
     t.both(&fx, "rmdir d", |r| rmdir(&r.join("d")));
     t.both(&fx, "mkdir d", |r| mkdir(&r.join("d"), 0o755));
@@ -316,7 +264,7 @@ fn whiteout_names_are_refused() {
         Layer::new().file("d/b", b"b", 0o644),
     ]);
     let mut fx = WFixture::new(&stack);
-    let mut t = T::new();
+    let mut t = Checks::new();
     let ops: Vec<NamedStep> = vec![
         (
             "create .wh.foo",
@@ -417,7 +365,7 @@ fn copy_up_preserves_metadata() {
             .mtime("p", 1_444_444_444),
     ]);
     let mut fx = WFixture::new(&stack);
-    let mut t = T::new();
+    let mut t = Checks::new();
     // Triggers that copy up without changing the data or mtime.
     t.both(&fx, "setxattr f user.c", |r| {
         lsetxattr(&r.join("f"), "user.c", b"3", 0)
@@ -543,7 +491,7 @@ fn sparse_copy_up_stays_sparse() {
         f.set_len(GIB).unwrap();
     }
     fx.mount().unwrap();
-    let mut t = T::new();
+    let mut t = Checks::new();
     t.both(&fx, "append 1 byte", |r| {
         let fd = open(&r.join("d/sparse"), libc::O_WRONLY | libc::O_APPEND, 0)?;
         write(&fd, b"!")?;
@@ -611,7 +559,7 @@ fn hardlinks_in_upper() {
             .dir("d", 0o755),
     ]);
     let mut fx = WFixture::new(&stack);
-    let mut t = T::new();
+    let mut t = Checks::new();
     let nl = |r: &Path, p: &str| lstat(&r.join(p)).map(|s| (s.st_nlink, s.st_size));
     t.both(&fx, "create a", |r| {
         create_file(&r.join("a"), b"first", 0o644)
@@ -659,7 +607,7 @@ fn fstat_of_open_unlinked_file() {
             .file("l3", b"lower three", 0o644),
     ]);
     let mut fx = WFixture::new(&stack);
-    let mut t = T::new();
+    let mut t = Checks::new();
     let run_nlink = |r: &Path, name: &str, create: bool, flags: i32, nlink: bool| -> Res<String> {
         let p = r.join(name);
         if create {
@@ -725,7 +673,7 @@ fn names_of_255_bytes() {
             .file(&format!("dd/{b}"), b"x", 0o644),
     ]);
     let mut fx = WFixture::new(&stack);
-    let mut t = T::new();
+    let mut t = Checks::new();
     t.both(&fx, "read 255", |r| read_path(&r.join(&a)));
     t.both(&fx, "unlink 255 (lower)", |r| unlink(&r.join(&a)));
     t.both(&fx, "create 255", |r| {
@@ -849,7 +797,7 @@ fn o_append_semantics() {
     let Some(mut fx) = fixture_over(Layer::new().file("lf", b"0123456789", 0o644)) else {
         return;
     };
-    let mut t = T::new();
+    let mut t = Checks::new();
     t.both(
         &fx,
         "append sequence on a lower file",
@@ -894,7 +842,7 @@ fn shared_writable_mmap() {
     let Some(mut fx) = fixture_over(Layer::new().file("lm", vec![b'.'; 10000], 0o644)) else {
         return;
     };
-    let mut t = T::new();
+    let mut t = Checks::new();
     let mm = |p: &Path, create: bool, sync: bool| -> Res<Vec<u8>> {
         if create {
             create_file(p, &vec![b'-'; 8192], 0o644)?;
@@ -973,7 +921,7 @@ fn rename_rules() {
             .file("g", b"g", 0o644),
     ]);
     let mut fx = WFixture::new(&stack);
-    let mut t = T::new();
+    let mut t = Checks::new();
     let steps: Vec<NamedStep> = vec![
         (
             "rename lower dir",
@@ -1176,7 +1124,7 @@ fn posix_permissions_as_other_uid() {
             .chown("mine", 1000, 1000),
     ]);
     let mut fx = WFixture::new(&stack);
-    let mut t = T::new();
+    let mut t = Checks::new();
     use ChildOp::*;
     let ops: &[(&str, i32, ChildOp, &str)] = &[
         ("open secret O_RDONLY", libc::EACCES, OpenRead, "secret"),

@@ -354,18 +354,15 @@ impl MountOptions {
                 Ok(())
             }
             ("timeout", Some(v)) => {
-                let t: f64 = v.parse().map_err(|_| OptionError::BadValue {
-                    option: key.into(),
-                    value: v.into(),
-                    expected: "a number of seconds",
-                })?;
-                if !(0.0..=1e9).contains(&t) {
-                    return Err(OptionError::BadValue {
+                let t: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|t| (0.0..=1e9).contains(t))
+                    .ok_or_else(|| OptionError::BadValue {
                         option: key.into(),
                         value: v.into(),
                         expected: "a number of seconds",
-                    });
-                }
+                    })?;
                 self.timeout = Some(std::time::Duration::from_secs_f64(t));
                 Ok(())
             }

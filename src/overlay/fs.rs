@@ -172,17 +172,6 @@ impl Loc {
             st => Ok(st),
         }
     }
-    /// A path for the l*xattr calls. For a layer root (empty name) it ends
-    /// in `/.`: the bare `/proc/self/fd/N` is a magic link that l*xattr
-    /// would not follow (EOPNOTSUPP).
-    pub(super) fn proc_path(&self) -> CString {
-        let name: &CStr = if self.name.is_empty() {
-            c"."
-        } else {
-            &self.name
-        };
-        sys::proc_fd_path(self.fd.as_fd(), Some(name))
-    }
 }
 
 /// Merged listings by directory, bounded by their total number of entries.

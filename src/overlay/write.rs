@@ -455,11 +455,12 @@ fn copy_range(
     Ok(CopyMethod::CopyFileRange)
 }
 
-/// Copies the extended attributes of `src` to `dst` (both /proc paths),
-/// leaving out the overlay's own. Attributes the upper filesystem or our
-/// privileges refuse are skipped, as kernel overlayfs does for ENOTSUP.
-fn copy_xattrs(src: &CStr, dst: &CStr) -> SysResult<()> {
-    let names = match sys::llistxattr(src) {
+/// Copies the extended attributes of `src` to `dst` (each a directory fd
+/// and a name), leaving out the overlay's own. Attributes the upper
+/// filesystem or our privileges refuse are skipped, as kernel overlayfs does
+/// for ENOTSUP.
+fn copy_xattrs(src: (BorrowedFd<'_>, &CStr), dst: (BorrowedFd<'_>, &CStr)) -> SysResult<()> {
+    let names = match sys::listxattr_at(src.0, src.1) {
         Ok(n) => n,
         Err(e) if e.0 == libc::EOPNOTSUPP => return Ok(()),
         Err(e) => return Err(e),
@@ -469,12 +470,12 @@ fn copy_xattrs(src: &CStr, dst: &CStr) -> SysResult<()> {
             continue;
         }
         let cn = sys::cstr(OsStr::from_bytes(n))?;
-        let v = match sys::lgetxattr(src, &cn) {
+        let v = match sys::getxattr_at(src.0, src.1, &cn) {
             Ok(v) => v,
             Err(Errno::ENODATA) => continue,
             Err(e) => return Err(e),
         };
-        if let Err(e) = sys::lsetxattr(dst, &cn, &v, 0) {
+        if let Err(e) = sys::setxattr_at(dst.0, dst.1, &cn, &v, 0) {
             if [libc::EPERM, libc::EOPNOTSUPP, libc::EACCES].contains(&e.0) {
                 debug!(
                     "copy-up: skipping xattr {}: {e}",
@@ -618,19 +619,11 @@ impl Overlay {
             if st.kind() != FileKind::Symlink {
                 sys::fchmodat(work, &tmp, st.mode & 0o7777)?;
             }
-            copy_xattrs(
-                &sys::proc_fd_path(src_pfd.as_fd(), Some(&name)),
-                &sys::proc_fd_path(work, Some(&tmp)),
-            )?;
+            copy_xattrs((src_pfd.as_fd(), &name), (work, &tmp))?;
             sys::utimensat(work, &tmp, SetTime::At(st.atime), SetTime::At(st.mtime))?;
             // Best effort (user.* is refused on symlinks): without it the
             // copy keeps its inode number only until the next mount.
-            let _ = sys::lsetxattr(
-                &sys::proc_fd_path(work, Some(&tmp)),
-                up.origin_xattr,
-                ino.0.to_string().as_bytes(),
-                0,
-            );
+            let _ = sys::setxattr_at(work, &tmp, up.origin_xattr, ino.0.to_string().as_bytes(), 0);
             if let (true, Some(x)) = (meta_only, up.metacopy_xattr) {
                 sys::lsetxattr(&sys::proc_fd_path(work, Some(&tmp)), x, b"", 0)?;
             }
@@ -732,7 +725,7 @@ impl Overlay {
             )?;
         }
         if let Some(x) = up.metacopy_xattr {
-            match sys::lremovexattr(&loc.proc_path(), x) {
+            match sys::removexattr_at(loc.fd.as_fd(), &loc.name, x) {
                 Ok(()) | Err(Errno::ENODATA) => {}
                 Err(e) => return Err(e),
             }

@@ -432,21 +432,24 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>, name: Option<&CStr>) -> CString {
     CString::new(s).unwrap_or_default()
 }
 
-/// Calls a size-probing xattr function twice: once for the size, once to fill.
-fn xattr_buf(mut f: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t) -> SysResult<Vec<u8>> {
+/// Reads an attribute value or name list with a size-probing xattr call,
+/// into a buffer that grows until it fits. Most values are small: the first
+/// try needs no size probe.
+pub(crate) fn xattr_buf(
+    mut f: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t,
+) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
     loop {
-        let size = check_size(f(std::ptr::null_mut(), 0))?;
-        let mut buf = vec![0u8; size];
-        if size == 0 {
-            return Ok(buf);
-        }
         match check_size(f(buf.as_mut_ptr().cast(), buf.len())) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
             }
-            // Grew in between: ask again.
-            Err(Errno::ERANGE) => continue,
+            Err(Errno::ERANGE) => {
+                let need = check_size(f(std::ptr::null_mut(), 0))?;
+                // It may grow again between the calls: the loop asks again.
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
             Err(e) => return Err(e),
         }
     }

@@ -15,7 +15,7 @@ use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Errno, SysResult, check, check_size, proc_fd_path};
+use super::{Errno, SysResult, check, proc_fd_path, xattr_buf};
 
 // The *xattrat calls have one number on every architecture (Linux 6.13);
 // the libc crate does not name them yet.
@@ -84,26 +84,6 @@ fn with_at<T>(
     proc(&proc_path(dirfd, name))
 }
 
-/// Reads a value into a buffer that grows until it fits. Most attributes are
-/// small: the first try needs no size probe.
-fn read_grow(mut f: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t) -> SysResult<Vec<u8>> {
-    let mut buf = vec![0u8; 256];
-    loop {
-        match check_size(f(buf.as_mut_ptr().cast(), buf.len())) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(Errno::ERANGE) => {
-                let need = check_size(f(std::ptr::null_mut(), 0))?;
-                // It may grow again between the calls: the loop asks again.
-                buf.resize(need.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// The value of attribute `attr` of `name` in `dirfd`.
 pub fn getxattr_at(dirfd: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> SysResult<Vec<u8>> {
     let raw = dirfd.as_raw_fd();
@@ -111,14 +91,14 @@ pub fn getxattr_at(dirfd: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> SysResult
         dirfd,
         name,
         || {
-            read_grow(|p, n| {
+            xattr_buf(|p, n| {
                 let mut args = XattrArgs {
                     value: p as u64,
                     size: n as u32,
                     flags: 0,
                 };
                 // SAFETY: valid fd and C strings; `args` describes a buffer
-                // that `read_grow` owns (or a null probe of size 0).
+                // that `xattr_buf` owns (or a null probe of size 0).
                 unsafe {
                     libc::syscall(
                         SYS_GETXATTRAT,
@@ -132,10 +112,7 @@ pub fn getxattr_at(dirfd: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> SysResult
                 }
             })
         },
-        |path| {
-            // SAFETY: valid C strings; the buffer pointer/length come from read_grow.
-            read_grow(|p, n| unsafe { libc::lgetxattr(path.as_ptr(), attr.as_ptr(), p, n) })
-        },
+        |path| super::lgetxattr(path, attr),
     )
 }
 
@@ -148,7 +125,7 @@ pub fn listxattr_at(dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<u8>> {
         || {
             // SAFETY: valid fd and C string; the buffer pointer/length come
             // from read_grow.
-            read_grow(|p, n| unsafe {
+            xattr_buf(|p, n| unsafe {
                 libc::syscall(
                     SYS_LISTXATTRAT,
                     raw,
@@ -159,10 +136,7 @@ pub fn listxattr_at(dirfd: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<u8>> {
                 ) as libc::ssize_t
             })
         },
-        |path| {
-            // SAFETY: valid C string; the buffer pointer/length come from read_grow.
-            read_grow(|p, n| unsafe { libc::llistxattr(path.as_ptr(), p.cast(), n) })
-        },
+        super::llistxattr,
     )
 }
 
