@@ -6,7 +6,8 @@
 # unprivileged user for the runner tests ($LAYERFS_TEST_USER, default
 # tester, with a subordinate id range), skopeo for the save tests, and the
 # cargo components the checks
-# use. Idempotent; run as root.
+# use; switches on the fuse module's io_uring transport where the kernel has
+# it. Idempotent; run as root.
 set -euo pipefail
 
 pkgs=(fuse3 attr uidmap busybox-static bsdutils skopeo)
@@ -22,6 +23,11 @@ fi
 [ -e /dev/fuse ] || mknod /dev/fuse c 10 229
 chmod 666 /dev/fuse
 modprobe overlay 2>/dev/null || true
+# FUSE over io_uring (Linux 6.14+): requests are served on the CPU that made
+# them (layerfs `-o uring`, on by default when the kernel offers it). The
+# fuse module ships with it switched off; mounts made before keep /dev/fuse.
+uring=/sys/module/fuse/parameters/enable_uring
+[ -w "$uring" ] && echo Y >"$uring" || true
 # The runner tests run as an ordinary user, with ids 1-65536 of their
 # containers mapped to a subordinate range.
 test_user=${LAYERFS_TEST_USER:-tester}

@@ -1397,3 +1397,109 @@ fn new_mount_survives_exit_of_previous_daemon_at_same_path() {
     assert_eq!(read_path(&new.path().join("f")), Ok(b"lower".to_vec()));
     new.unmount().unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Threads of process `pid` whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|c| c.starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// With the fuse module's io_uring switch on, requests are served by one
+/// queue thread per CPU; the tree behaves the same, and unmounting ends the
+/// queue threads and the daemon.
+#[test]
+fn io_uring_queues_serve_requests_and_end_with_the_mount() {
+    if !init() || !layerfs_specific() {
+        return;
+    }
+    let enabled = fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|s| s.trim() == "Y")
+        && !std::env::var("LAYERFS_TEST_OPTS").is_ok_and(|o| o.contains("uring="));
+    let base = crate::common::temp_base();
+    let (lower, upper, work) = (
+        base.path().join("l"),
+        base.path().join("u"),
+        base.path().join("w"),
+    );
+    for d in [&lower, &upper, &work] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(lower.join("f"), b"lower").unwrap();
+    let mnt = base.path().join("m");
+    let log = base.path().join("daemon.log");
+    let uw = Some((upper.as_path(), work.as_path()));
+    let mut m = mount_layerfs_foreground(std::slice::from_ref(&lower), uw, &mnt, &log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut child = m.child.take().expect("foreground child");
+    let mut fails = Vec::new();
+    let mut check = |what: &str, ok: bool, detail: String| {
+        if !ok {
+            fails.push(format!("{what}: {detail}"));
+        }
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let queues = threads_named(child.id(), "fuser-q");
+    if enabled {
+        check(
+            "a queue thread per CPU",
+            queues >= cpus,
+            format!("{queues} for {cpus} CPUs"),
+        );
+    } else {
+        check("no queue threads", queues == 0, format!("{queues}"));
+    }
+    let p = m.path().to_path_buf();
+    let os = |r: std::io::Result<()>| r.map_err(|e| e.raw_os_error().unwrap_or(0));
+    let appended = fs::OpenOptions::new()
+        .append(true)
+        .open(p.join("f"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"));
+    check(
+        "append to a lower file",
+        appended.is_ok(),
+        format!("{appended:?}"),
+    );
+    let r = read_path(&p.join("f"));
+    check(
+        "read it back",
+        r == Ok(b"lower+".to_vec()),
+        format!("{r:?}"),
+    );
+    let r = create_file(&p.join("n"), &[7u8; 200_000], 0o640);
+    check("create", r.is_ok(), format!("{r:?}"));
+    let r = read_path(&p.join("n"));
+    check(
+        "read 200 kB back",
+        r == Ok(vec![7u8; 200_000]),
+        format!("{:?}", r.map(|v| v.len())),
+    );
+    let r = os(fs::rename(p.join("n"), p.join("n2")));
+    check("rename", r.is_ok(), format!("{r:?}"));
+    let r = os(fs::remove_file(p.join("n2")));
+    check("unlink", r.is_ok(), format!("{r:?}"));
+    let r = os(fs::metadata(p.join("n2")).map(|_| ()));
+    check(
+        "lookup of the removed name",
+        r == Err(libc::ENOENT),
+        format!("{r:?}"),
+    );
+    let target = cstr(m.path());
+    let umounted = rc(unsafe { libc::umount2(target.as_ptr(), 0) });
+    m.disarm();
+    check("umount", umounted.is_ok(), format!("{umounted:?}"));
+    let exited = wait_until(std::time::Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        child.kill();
+        child.wait();
+    }
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    check("the daemon exits after umount", exited, log);
+    assert_no_failures("io_uring queues", &fails);
+}

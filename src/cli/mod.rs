@@ -51,6 +51,11 @@ MOUNT OPTIONS:
                           device 0/0 when allowed, else .wh.NAME files)
   timeout=SECONDS         how long the kernel caches names and attributes (86400)
   threads=N, threaded=0|1 request-serving threads (one per CPU, 2 to 8)
+  uring=on|off|N          FUSE over io_uring (on, 1 thread per CPU): requests
+                          are served on the CPU that made them, which saves a
+                          cross-CPU wake-up per request; needs Linux 6.14+
+                          with /sys/module/fuse/parameters/enable_uring set to
+                          Y (root can set it), else /dev/fuse is used
   passthrough=on|off      FUSE passthrough for open files (on when root in the
                           initial user namespace and the kernel offers it)
   writeback=on|off        the kernel's writeback cache for writable mounts (on

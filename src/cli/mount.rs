@@ -336,6 +336,9 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
     if let Some(n) = o.threads {
         fuse.threads = n;
     }
+    if let Some(n) = o.uring {
+        fuse.uring_threads = n;
+    }
     if let Some(r) = o.readdirplus {
         fuse.readdirplus = r;
     }

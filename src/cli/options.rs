@@ -44,6 +44,8 @@ pub struct MountOptions {
     /// Entry and attribute cache timeout in seconds.
     pub timeout: Option<std::time::Duration>,
     pub threads: Option<usize>,
+    /// `uring=`: threads per CPU queue for FUSE over io_uring (0: off).
+    pub uring: Option<usize>,
     pub passthrough: Option<bool>,
     /// `writeback=`: the kernel's writeback cache (`None`: automatic).
     pub writeback: Option<bool>,
@@ -385,6 +387,23 @@ impl MountOptions {
                         expected: "a number from 1 to 256",
                     })?;
                 self.threads = Some(n);
+                Ok(())
+            }
+            ("uring", Some(v)) => {
+                let n = match v {
+                    "on" | "auto" => crate::fuse::DEFAULT_URING_THREADS,
+                    "off" => 0,
+                    _ => v
+                        .parse()
+                        .ok()
+                        .filter(|n| (0..=8).contains(n))
+                        .ok_or_else(|| OptionError::BadValue {
+                            option: key.into(),
+                            value: v.into(),
+                            expected: "on, off or a number from 0 to 8",
+                        })?,
+                };
+                self.uring = Some(n);
                 Ok(())
             }
             ("passthrough", Some(v)) => {

@@ -65,8 +65,10 @@ pub struct FuseOptions {
     /// mount decide (on where there is no passthrough), `Some(true)` also
     /// gives up passthrough for it, `Some(false)` never.
     pub writeback: Option<bool>,
-    /// Request-serving threads.
+    /// Request-serving threads on /dev/fuse.
     pub threads: usize,
+    /// Threads per CPU queue for FUSE over io_uring; 0: /dev/fuse only.
+    pub uring_threads: usize,
     /// Answer READDIRPLUS (attributes with listings).
     pub readdirplus: bool,
     /// SELinux is enabled on this host (files may carry labels).
@@ -84,6 +86,7 @@ impl Default for FuseOptions {
             passthrough: true,
             writeback: None,
             threads: default_threads(),
+            uring_threads: DEFAULT_URING_THREADS,
             readdirplus: false,
             selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
             idmap: IdMap::default(),
@@ -131,6 +134,11 @@ pub fn default_threads() -> usize {
         .unwrap_or(2)
         .clamp(2, 8)
 }
+
+/// Threads per CPU queue with FUSE over io_uring. Each serves one request
+/// at a time on its CPU; the kernel queues the CPU's further requests until
+/// one is free.
+pub const DEFAULT_URING_THREADS: usize = 1;
 
 /// A passthrough backing file shared by every open of one inode.
 struct Backing {
@@ -444,6 +452,19 @@ impl fuser::Filesystem for LayerFs {
         // readahead size); writes are already as big as it allows.
         if let Err(max) = config.set_max_readahead(1 << 20) {
             let _ = config.set_max_readahead(max);
+        }
+        // Writes are at most max_pages (256 pages) anyway; a smaller max_write
+        // keeps the io_uring entries (each holds the largest request) at 1 MiB.
+        let _ = config.set_max_write(1 << 20);
+        if self.opts.uring_threads > 0
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_err()
+        {
+            info!(
+                "kernel does not offer FUSE over io_uring (Linux 6.14+ with \
+                 /sys/module/fuse/parameters/enable_uring=Y): requests go through /dev/fuse"
+            );
         }
         // Readahead and writeback requests in flight at once (the kernel's
         // default is 12): enough to keep every reader thread busy.
@@ -1082,6 +1103,7 @@ pub fn mount(fs: LayerFs, mountpoint: &Path, spec: &MountSpec) -> io::Result<Ses
     };
     config.n_threads = Some(threads);
     config.clone_fd = threads > 1;
+    config.uring_threads_per_queue = Some(fs.opts.uring_threads);
     let session = Session::new(fs, mountpoint, &config)?;
     if limit.is_bounded() {
         // Best effort: without it the mount works, unbounded.

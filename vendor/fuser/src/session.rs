@@ -139,6 +139,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// INIT settled on FUSE over io_uring, and the payload size its entries need.
+    uring_payload: Option<usize>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +188,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            uring_payload: None,
         };
 
         session.handshake()?;
@@ -214,6 +217,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            uring_payload: None,
         };
 
         session.handshake()?;
@@ -252,6 +256,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            uring_payload,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -289,6 +294,31 @@ impl<FS: Filesystem> Session<FS> {
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
+
+        // Queue threads start first: once every queue has an entry the kernel
+        // stops queueing on /dev/fuse (FORGET and INTERRUPT aside).
+        let per_queue = config.uring_threads_per_queue.unwrap_or(0);
+        if let (Some(payload_len), true) = (uring_payload, per_queue > 0) {
+            let queues = crate::uring::possible_cpus();
+            let dev_fd = std::os::fd::AsRawFd::as_raw_fd(&channels[channels.len() - 1].as_fd());
+            for qid in 0..queues {
+                for t in 0..per_queue {
+                    let thread_name = format!("fuser-q{qid}.{t}");
+                    let event_loop = SessionEventLoop {
+                        thread_name: thread_name.clone(),
+                        filesystem: filesystem.clone(),
+                        ch: channels[channels.len() - 1].clone(),
+                        allowed,
+                        session_owner,
+                    };
+                    let qid = u16::try_from(qid).map_err(io::Error::other)?;
+                    threads.push(thread::Builder::new().name(thread_name).spawn(move || {
+                        crate::uring::serve(&event_loop, dev_fd, qid, true, payload_len)
+                    })?);
+                }
+            }
+            info!("FUSE over io_uring: {queues} queues, {per_queue} threads each");
+        }
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -469,6 +499,12 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
+            if (init.capabilities() & config.requested).contains(InitFlags::FUSE_OVER_IO_URING) {
+                // The kernel's ring entry size: max(FUSE_MIN_READ_BUFFER,
+                // max_write, max_pages * PAGE_SIZE).
+                let pages = usize::from(config.max_pages()) * page_size::get();
+                self.uring_payload = Some(8192.max(config.max_write as usize).max(pages));
+            }
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);

@@ -18,6 +18,10 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Serve requests through FUSE over io_uring when the filesystem asked for
+    /// `FUSE_OVER_IO_URING` in `init` and the kernel agreed: this many threads
+    /// per CPU queue (layerfs addition). `None` or 0: /dev/fuse only.
+    pub uring_threads_per_queue: Option<usize>,
 }
 
 /// Mount options accepted by the FUSE filesystem type
