@@ -609,6 +609,31 @@ mod tests {
     }
 
     #[test]
+    fn uring_option() {
+        let default = crate::fuse::DEFAULT_URING_THREADS;
+        for (v, want) in [
+            ("on", default),
+            ("auto", default),
+            ("off", 0),
+            ("0", 0),
+            ("2", 2),
+        ] {
+            let mut o = MountOptions::default();
+            o.apply(&format!("uring={v}")).unwrap();
+            assert_eq!(o.uring, Some(want), "uring={v}");
+        }
+        for v in ["9", "-1", "yes", ""] {
+            assert!(
+                matches!(
+                    MountOptions::default().apply(&format!("uring={v}")),
+                    Err(OptionError::BadValue { .. })
+                ),
+                "uring={v}"
+            );
+        }
+    }
+
+    #[test]
     fn options_table() {
         let mut o = MountOptions::default();
         o.apply("rw,lowerdir=/a:/b,upperdir=/u,workdir=/w,dev,suid")

@@ -298,8 +298,18 @@ impl<FS: Filesystem> Session<FS> {
         // Queue threads start first: once every queue has an entry the kernel
         // stops queueing on /dev/fuse (FORGET and INTERRUPT aside).
         let per_queue = config.uring_threads_per_queue.unwrap_or(0);
-        if let (Some(payload_len), true) = (uring_payload, per_queue > 0) {
-            let queues = crate::uring::possible_cpus();
+        let queues = crate::uring::possible_cpus();
+        // Every possible CPU needs a registered queue before the kernel uses
+        // any; machines with many hot-pluggable CPU slots would get a thread
+        // per slot.
+        let too_many = queues * per_queue > crate::uring::MAX_THREADS;
+        if too_many && uring_payload.is_some() && per_queue > 0 {
+            info!(
+                "FUSE over io_uring not used: {queues} possible CPUs x {per_queue} threads is over {}",
+                crate::uring::MAX_THREADS
+            );
+        }
+        if let (Some(payload_len), true) = (uring_payload, per_queue > 0 && !too_many) {
             let dev_fd = std::os::fd::AsRawFd::as_raw_fd(&channels[channels.len() - 1].as_fd());
             for qid in 0..queues {
                 for t in 0..per_queue {

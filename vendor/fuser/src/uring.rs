@@ -95,6 +95,9 @@ fn cmd_req(commit_id: u64, qid: u16) -> [u8; 80] {
     cmd
 }
 
+/// Most queue threads a session starts (queues times threads per queue).
+pub(crate) const MAX_THREADS: usize = 256;
+
 /// The CPUs the kernel makes queues for (`num_possible_cpus()`).
 pub(crate) fn possible_cpus() -> usize {
     let parsed = std::fs::read_to_string("/sys/devices/system/cpu/possible")
