@@ -365,6 +365,12 @@ pub(crate) fn serve<FS: Filesystem>(
             match ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Transient (completion queue or memory pressure): once the
+                // ring is live, a queue that stops serving hangs its CPU's
+                // callers, so wait and retry.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY | libc::ENOMEM)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 Err(e) => break Err(e),
             }
             if let Some(cqe) = ring.completion().next() {
