@@ -347,7 +347,15 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
     if let Some(n) = o.max_inodes {
         fuse.max_inodes = crate::overlay::NodeLimit(n);
     }
-    fuse.idmap = o.idmap((overflow_id("uid"), overflow_id("gid")));
+    // Only a mapping shows the overflow ids: skip two /proc reads at start-up without one.
+    let overflow = |kind, mapped: bool| match mapped {
+        true => overflow_id(kind),
+        false => crate::overlay::idmap::DEFAULT_OVERFLOW_ID,
+    };
+    fuse.idmap = o.idmap((
+        overflow("uid", !o.uidmapping.is_empty()),
+        overflow("gid", !o.gidmapping.is_empty()),
+    ));
     // The kernel refuses passthrough once writeback is negotiated.
     fuse.writeback = o.writeback;
     fuse.passthrough = o.passthrough.unwrap_or(true)
