@@ -1,10 +1,15 @@
 //! `layerfs mount` and the fuse-overlayfs-compatible form: both end in
 //! [`run`], the one code path that checks the layers, mounts and serves.
 //!
-//! Sequence: validate and open every directory while still attached to the
-//! terminal (so errors reach the user), fork before any thread exists, mount
-//! in the child, report success through a pipe, detach, serve. The parent
-//! exits 0 only once the mount is live.
+//! Sequence: validate and open every directory, mount and answer the
+//! kernel's INIT, bind the control socket, all while attached to the
+//! terminal and before any thread exists (so errors reach the user, and the
+//! fork copies everything); then point stdio to /dev/null, fork, and in the
+//! parent put stdio back, write the state file naming the daemon, and exit
+//! 0 without waiting for the daemon: the mount is live and published when
+//! the command returns. The daemon (the child) starts its threads, leaves
+//! the session (setsid) and serves; requests that arrive before it serves
+//! wait in the kernel.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -345,7 +350,15 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
     if let Some(n) = o.max_inodes {
         fuse.max_inodes = crate::overlay::NodeLimit(n);
     }
-    fuse.idmap = o.idmap((overflow_id("uid"), overflow_id("gid")));
+    // Only a mapping shows the overflow ids: skip two /proc reads at start-up without one.
+    let overflow = |kind, mapped: bool| match mapped {
+        true => overflow_id(kind),
+        false => crate::overlay::idmap::DEFAULT_OVERFLOW_ID,
+    };
+    fuse.idmap = o.idmap((
+        overflow("uid", !o.uidmapping.is_empty()),
+        overflow("gid", !o.gidmapping.is_empty()),
+    ));
     // The kernel refuses passthrough once writeback is negotiated.
     fuse.writeback = o.writeback;
     fuse.passthrough = o.passthrough.unwrap_or(true)
@@ -397,25 +410,48 @@ pub fn run(req: MountRequest) -> i32 {
 fn run_inner(req: MountRequest) -> Result<(), MountError> {
     let prepared = prepare(&req)?;
     sys::raise_nofile_limit();
+    // Termination signals go to one thread; block them before any other
+    // thread exists so that all threads inherit the mask, and before the
+    // mount so that none can leave a mount without its daemon.
+    process::block_termination_signals();
+    let live = mount(prepared)?;
     if req.foreground {
-        return serve(prepared, None);
+        let published = state::bind(&live.state)
+            .and_then(|b| b.write_state(&live.state, std::process::id()).map(|()| b))
+            .map_err(|e| error!("cannot publish the mount's state: {e}"))
+            .ok();
+        return serve(live, published);
     }
-    let (r, w) = process::pipe().map_err(|e| MountError::Daemon(format!("pipe: {e}")))?;
-    match process::fork().map_err(|e| MountError::Daemon(format!("fork: {e}")))? {
-        process::Forked::Parent { child } => {
-            drop(w);
-            match process::wait_ready(r) {
-                Ok(()) => Ok(()),
-                Err(msg) => {
-                    // Reap the failed daemon so it does not linger as a zombie.
-                    let _ = process::waitpid(child);
-                    Err(MountError::Daemon(msg))
-                }
-            }
+    // The mount is live: what is left for the command is to fork the daemon
+    // and publish the state, then return. It does not wait for the daemon
+    // (fuse-overlayfs's parent waits for its child's setsid, slow under
+    // load); the daemon's first steps (threads, setsid) come after.
+    let binding = state::bind(&live.state)
+        .map_err(|e| error!("cannot publish the mount's state: {e}"))
+        .ok();
+    let saved = process::SavedStdio::swap_in_null()
+        .map_err(|e| MountError::Daemon(format!("cannot open /dev/null: {e}")))?;
+    let forked = process::fork();
+    match forked {
+        Err(e) => {
+            saved.restore();
+            Err(MountError::Daemon(format!("fork: {e}")))
         }
-        process::Forked::Child => {
-            drop(r);
-            let code = match serve(prepared, Some(w)) {
+        Ok(process::Forked::Parent { child }) => {
+            saved.restore();
+            if let Some(b) = &binding
+                && let Err(e) = b.write_state(&live.state, child as u32)
+            {
+                error!("cannot publish the mount's state: {e}");
+            }
+            // The session, the socket and the mount now belong to the
+            // daemon: leave without destructors (one would unmount).
+            std::process::exit(0)
+        }
+        Ok(process::Forked::Child) => {
+            drop(saved);
+            process::new_session();
+            let code = match serve(live, binding) {
                 Ok(()) => 0,
                 Err(e) => {
                     error!("{e}");
@@ -427,52 +463,74 @@ fn run_inner(req: MountRequest) -> Result<(), MountError> {
     }
 }
 
-/// Mounts, reports readiness to `ready` (the parent waiting in the
-/// foreground), and serves until unmounted or signalled.
-fn serve(p: Prepared, ready: Option<std::fs::File>) -> Result<(), MountError> {
-    // Termination signals go to one thread; block them before any other
-    // thread exists so that all threads inherit the mask.
-    process::block_termination_signals();
+/// A live mount whose requests wait for [`serve`].
+struct Live {
+    session: fuser::Session<LayerFs>,
+    overlay: Arc<Overlay>,
+    mountpoint: PathBuf,
+    max_inodes: crate::overlay::NodeLimit,
+    state: state::Description,
+    trace: Option<(PathBuf, std::fs::File)>,
+}
+
+/// Mounts and answers the kernel's INIT. Starts no thread (the caller may
+/// still fork).
+fn mount(p: Prepared) -> Result<Live, MountError> {
     let overlay = Arc::new(p.overlay);
-    if let Some((path, file)) = p.trace {
+    let max_inodes = p.fuse.max_inodes;
+    let fs = LayerFs::new(overlay.clone(), p.fuse);
+    let session = fuse::mount(fs, &p.mountpoint, &p.spec).map_err(|cause| MountError::Mount {
+        mountpoint: p.mountpoint.clone(),
+        cause,
+    })?;
+    Ok(Live {
+        session,
+        overlay,
+        mountpoint: p.mountpoint,
+        max_inodes,
+        state: p.state,
+        trace: p.trace,
+    })
+}
+
+/// Starts the daemon's threads (tracer, pruner, control socket on
+/// `binding`, signals) and serves until unmounted or signalled.
+fn serve(live: Live, binding: Option<state::Binding>) -> Result<(), MountError> {
+    let Live {
+        mut session,
+        overlay,
+        mountpoint,
+        max_inodes,
+        state: desc,
+        trace,
+    } = live;
+    if let Some((path, file)) = trace {
         match Tracer::spawn(file, &path) {
             Ok(t) => drop(overlay.set_tracer(t)),
             Err(e) => error!("cannot start tracing to {}: {e}", path.display()),
         }
     }
-    let fs = LayerFs::new(overlay.clone(), p.fuse);
-    let mut session = match fuse::mount(fs, &p.mountpoint, &p.spec) {
-        Ok(s) => s,
-        Err(cause) => {
-            let e = MountError::Mount {
-                mountpoint: p.mountpoint.clone(),
-                cause,
-            };
-            if let Some(w) = ready {
-                process::report_ready(w, Err(&e.to_string()));
-                return Ok(());
-            }
-            return Err(e);
-        }
-    };
+    fuse::start_pruner(&session, &overlay, max_inodes);
     // Best effort: the mount works without it, only explain/stats do not.
     let kernel = fuse::KernelCache::new(session.notifier());
-    let published = state::publish(&p.state, Arc::downgrade(&overlay), Some(kernel))
-        .map_err(|e| error!("cannot publish the mount's state: {e}"))
-        .ok();
+    let published = binding.and_then(|b| {
+        b.serve(&desc.mountpoint, Arc::downgrade(&overlay), Some(kernel))
+            .map_err(|e| error!("cannot serve the control socket: {e}"))
+            .ok()
+    });
     let files = published.as_ref().map(|g| g.0.clone());
     let mut unmounter = session.unmount_callable();
-    let mountpoint = p.mountpoint.clone();
+    let mp = mountpoint.clone();
     let _ = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let sig = process::wait_termination();
-            info!("signal {sig}: unmounting {}", mountpoint.display());
+            info!("signal {sig}: unmounting {}", mp.display());
             if let Err(e) = unmounter.unmount() {
                 // Busy: detach it; the kernel ends the connection when the
                 // last user lets go, or when this process exits.
                 info!("unmount failed ({e}); detaching");
-                if let Ok(c) = sys::cstr(mountpoint.as_os_str()) {
+                if let Ok(c) = sys::cstr(mp.as_os_str()) {
                     let _ = process::umount2(&c, libc::MNT_DETACH);
                 }
                 if let Some(f) = &files {
@@ -481,14 +539,9 @@ fn serve(p: Prepared, ready: Option<std::fs::File>) -> Result<(), MountError> {
                 std::process::exit(0);
             }
         });
-    if let Some(w) = ready {
-        let _ = process::detach();
-        process::report_ready(w, Ok(()));
-    }
-    let r = session.run().map_err(|cause| MountError::Mount {
-        mountpoint: p.mountpoint,
-        cause,
-    });
+    let r = session
+        .run()
+        .map_err(|cause| MountError::Mount { mountpoint, cause });
     drop(published);
     r
 }

@@ -267,15 +267,30 @@ impl Published {
     }
 }
 
-/// Publishes a live mount: binds the control socket, starts its thread, and
-/// writes the state file. The thread holds only a weak reference. `kernel`
-/// reaches the mount's kernel caches for `refresh` (without it, refresh only
-/// drops the daemon's caches).
+/// Publishes a live mount served by this process: [`bind`],
+/// [`Binding::write_state`] and [`Binding::serve`] in one.
 pub fn publish(
     d: &Description,
     overlay: Weak<Overlay>,
     kernel: Option<KernelCache>,
 ) -> Result<PublishGuard, StateError> {
+    let b = bind(d)?;
+    b.write_state(d, std::process::id())?;
+    b.serve(&d.mountpoint, overlay, kernel)
+}
+
+/// A mount's control socket, bound but not yet served. Split from
+/// [`Binding::serve`] so that a mount command can bind the socket and write
+/// the state file before it returns while the daemon it forked serves the
+/// socket: both files exist once the command has returned.
+#[derive(Debug)]
+pub struct Binding {
+    published: Published,
+    listener: UnixListener,
+}
+
+/// Binds the control socket of the mount `d` describes (mode 0600).
+pub fn bind(d: &Description) -> Result<Binding, StateError> {
     let dir = runtime_dir();
     ensure_runtime_dir(&dir)?;
     let k = key(&d.mountpoint);
@@ -295,46 +310,74 @@ pub fn publish(
             cause,
         }
     })?;
-    let mountpoint = d.mountpoint.clone();
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || serve_control(listener, overlay, kernel.as_ref(), &mountpoint))
-        .map_err(|cause| StateError::Bind {
-            path: published.socket.clone(),
-            cause,
-        })?;
-    let (secs, nanos) = now();
-    let state = MountState {
-        version: STATE_VERSION,
-        mountpoint: d.mountpoint.clone(),
-        pid: std::process::id(),
-        uid: sys::geteuid(),
-        source: d.source.clone(),
-        lowerdirs: d.lowerdirs.clone(),
-        upperdir: d.upperdir.clone(),
-        workdir: d.workdir.clone(),
-        trace: d.trace.clone(),
-        control: published.socket.clone(),
-        started: format_rfc3339(secs, nanos),
-    };
-    let werr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |cause| StateError::Write { path, cause }
-    };
-    let json = serde_json::to_vec_pretty(&state)
-        .map_err(|e| werr(&published.state)(io::Error::other(e)))?;
-    let tmp = dir.join(format!("{k}.json.{}.new", std::process::id()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(werr(&tmp))?;
-    f.write_all(&json).map_err(werr(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, &published.state).map_err(werr(&published.state))?;
-    Ok(PublishGuard(published))
+    Ok(Binding {
+        published,
+        listener,
+    })
+}
+
+impl Binding {
+    /// Writes (atomically replaces) the state file, naming `pid` as the
+    /// daemon serving the mount.
+    pub fn write_state(&self, d: &Description, pid: u32) -> Result<(), StateError> {
+        let published = &self.published;
+        let (secs, nanos) = now();
+        let state = MountState {
+            version: STATE_VERSION,
+            mountpoint: d.mountpoint.clone(),
+            pid,
+            uid: sys::geteuid(),
+            source: d.source.clone(),
+            lowerdirs: d.lowerdirs.clone(),
+            upperdir: d.upperdir.clone(),
+            workdir: d.workdir.clone(),
+            trace: d.trace.clone(),
+            control: published.socket.clone(),
+            started: format_rfc3339(secs, nanos),
+        };
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |cause| StateError::Write { path, cause }
+        };
+        let json = serde_json::to_vec_pretty(&state)
+            .map_err(|e| werr(&published.state)(io::Error::other(e)))?;
+        let tmp = published
+            .state
+            .with_extension(format!("json.{}.new", std::process::id()));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(werr(&tmp))?;
+        f.write_all(&json).map_err(werr(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &published.state).map_err(werr(&published.state))
+    }
+
+    /// Starts the control thread (it holds only a weak reference to the
+    /// overlay). `kernel` reaches the mount's kernel caches for `refresh`
+    /// (without it, refresh only drops the daemon's caches). The guard
+    /// removes the published files when dropped, also when this fails.
+    pub fn serve(
+        self,
+        mountpoint: &Path,
+        overlay: Weak<Overlay>,
+        kernel: Option<KernelCache>,
+    ) -> Result<PublishGuard, StateError> {
+        let guard = PublishGuard(self.published);
+        let listener = self.listener;
+        let mp = mountpoint.to_path_buf();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || serve_control(listener, overlay, kernel.as_ref(), &mp))
+            .map_err(|cause| StateError::Bind {
+                path: guard.0.socket.clone(),
+                cause,
+            })?;
+        Ok(guard)
+    }
 }
 
 /// Removes the published files when dropped.

@@ -1088,10 +1088,12 @@ pub struct MountSpec {
     pub allow_root: bool,
 }
 
-/// Mounts `fs` on `mountpoint`; when this returns `Ok`, the mount is live.
+/// Mounts `fs` on `mountpoint` and answers the kernel's INIT; when this
+/// returns `Ok`, the mount is live (requests wait until [`Session::run`]
+/// serves them). Starts no thread, so the caller may still fork: the
+/// pruner comes from [`start_pruner`].
 pub fn mount(fs: LayerFs, mountpoint: &Path, spec: &MountSpec) -> io::Result<Session<LayerFs>> {
     let threads = fs.opts.threads.max(1);
-    let (ov, limit) = (fs.ov.clone(), fs.opts.max_inodes);
     let mut config = Config::default();
     config.mount_options = spec.mount_options.clone();
     config.acl = if spec.allow_other {
@@ -1104,13 +1106,16 @@ pub fn mount(fs: LayerFs, mountpoint: &Path, spec: &MountSpec) -> io::Result<Ses
     config.n_threads = Some(threads);
     config.clone_fd = threads > 1;
     config.uring_threads_per_queue = Some(fs.opts.uring_threads);
-    let session = Session::new(fs, mountpoint, &config)?;
+    Session::new(fs, mountpoint, &config)
+}
+
+/// Starts the pruner thread of `session` when `limit` bounds the node table.
+/// Best effort: without it the mount works, unbounded.
+pub fn start_pruner(session: &Session<LayerFs>, ov: &Arc<Overlay>, limit: NodeLimit) {
     if limit.is_bounded() {
-        // Best effort: without it the mount works, unbounded.
         let r = session.as_fd().try_clone_to_owned();
-        if let Err(e) = r.and_then(|dev| prune::spawn(&ov, dev, limit)) {
+        if let Err(e) = r.and_then(|dev| prune::spawn(ov, dev, limit)) {
             warn!("cannot start the pruner ({e}): max_inodes is not enforced");
         }
     }
-    Ok(session)
 }

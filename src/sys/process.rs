@@ -1,12 +1,11 @@
 //! Process-level calls: going to the background, signals, unmounting.
 //!
-//! The daemon forks before it starts any thread (fork of a threaded process
-//! copies only the caller), so these helpers are used from a single-threaded
-//! context unless their doc says otherwise.
+//! The mount command forks its daemon before it starts any thread (fork of
+//! a threaded process copies only the caller), so these helpers are used
+//! from a single-threaded context unless their doc says otherwise.
 
 use std::ffi::CStr;
 use std::fs::File;
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::{Errno, SysResult, check};
@@ -28,8 +27,7 @@ pub fn fork() -> SysResult<Forked> {
     }
 }
 
-/// A pipe whose write end reports one status byte from the daemon to the
-/// parent that waits for the mount to go live.
+/// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> SysResult<(File, File)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for two descriptors.
@@ -43,43 +41,65 @@ pub fn pipe() -> SysResult<(File, File)> {
     }
 }
 
-/// Reads the daemon's report: `Ok(())` once mounted, or its error message.
-pub fn wait_ready(mut r: File) -> Result<(), String> {
-    let mut s = String::new();
-    let _ = r.read_to_string(&mut s);
-    match s.strip_prefix("ok") {
-        Some(_) => Ok(()),
-        None if s.is_empty() => Err("the daemon exited before the mount was live".into()),
-        None => Err(s),
+/// The caller's stdin, stdout and stderr, kept aside while fds 0-2 point to
+/// /dev/null. A mount command swaps /dev/null in just before it forks the
+/// daemon and puts the originals back in the parent: the daemon never holds
+/// the caller's terminal or pipes, so a caller that reads the command's
+/// output to EOF is done when the command exits, not when the daemon next
+/// gets a CPU. Dropping it (the daemon's side) closes the kept copies.
+#[derive(Debug)]
+pub struct SavedStdio([Option<OwnedFd>; 3]);
+
+impl SavedStdio {
+    /// Points fds 0-2 to /dev/null, keeping close-on-exec copies of the
+    /// originals (`None` for one that was not open).
+    pub fn swap_in_null() -> SysResult<SavedStdio> {
+        // SAFETY: the literal is a valid C string.
+        let null =
+            check(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+        // SAFETY: `null` is fresh and owned here.
+        let null = unsafe { OwnedFd::from_raw_fd(null) };
+        let mut saved: [Option<OwnedFd>; 3] = [None, None, None];
+        for (fd, slot) in saved.iter_mut().enumerate() {
+            let fd = fd as i32;
+            // SAFETY: F_DUPFD_CLOEXEC takes no pointer; EBADF (not open)
+            // leaves the slot empty.
+            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+            if copy >= 0 {
+                // SAFETY: `copy` is fresh and owned here.
+                *slot = Some(unsafe { OwnedFd::from_raw_fd(copy) });
+            }
+            // SAFETY: both fds are valid; dup2 replaces `fd` atomically.
+            check(unsafe { libc::dup2(null.as_raw_fd(), fd) })?;
+        }
+        Ok(SavedStdio(saved))
+    }
+
+    /// Puts the originals back on fds 0-2 (closing one that was not open).
+    pub fn restore(self) {
+        for (fd, slot) in self.0.iter().enumerate() {
+            let fd = fd as i32;
+            // SAFETY: `fd` is one of ours; a kept copy is valid.
+            unsafe {
+                match slot {
+                    Some(copy) => libc::dup2(copy.as_raw_fd(), fd),
+                    None => libc::close(fd),
+                };
+            }
+        }
     }
 }
 
-/// Sends the report read by [`wait_ready`].
-pub fn report_ready(mut w: File, result: Result<(), &str>) {
-    let msg = match result {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e.to_string(),
-    };
-    let _ = w.write_all(msg.as_bytes());
-}
-
-/// Detaches from the terminal: new session, stdio to /dev/null, cwd to `/`.
-pub fn detach() -> SysResult<()> {
+/// Leaves the caller's session and working directory: `setsid`, `chdir /`.
+/// (The stdio part of detaching is [`SavedStdio`].) Slow under load with
+/// autogroup scheduling (the process moves to a new task group), so the
+/// daemon calls it after its parent has returned.
+pub fn new_session() {
     // SAFETY: plain syscalls without pointers, except the literal path.
     unsafe {
         libc::setsid();
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            libc::dup2(null, 0);
-            libc::dup2(null, 1);
-            libc::dup2(null, 2);
-            if null > 2 {
-                libc::close(null);
-            }
-        }
         libc::chdir(c"/".as_ptr());
     }
-    Ok(())
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread; threads created
