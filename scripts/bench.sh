@@ -34,7 +34,8 @@ Usage: scripts/bench.sh [options]
   --only LIST        workload groups or metrics, comma-separated, e.g. find,lsR or lsR_cold
                      read:  find lsR tar seqread randread pyimport (and seqread_cold, not in the default set)
                      write: copyup copyup_volatile append chmod untar(+rm) seqwrite randwrite git make
-  --impls LIST       subset of: native,kernel,fo1,fo2,layerfs (default: all)
+  --impls LIST       subset of: native,kernel,fo1,fo2,layerfs (default: all), and
+                     layerfs-alt: layerfs again with LAYERFS_ALT_OPTS, for A/B runs
   --work DIR         scratch/cache dir (default /var/tmp/layerfs-bench, env LAYERFS_BENCH_WORK)
   --out FILE         report file (default docs/benchmarks.md, with --rootless
                      docs/benchmarks-rootless.md; with --quick WORK/benchmarks-quick.md;
@@ -53,6 +54,7 @@ Usage: scripts/bench.sh [options]
 
 Environment: LAYERFS_BIN (default REPO/target/release/layerfs, built if missing),
 LAYERFS_OPTS (extra -o options for layerfs only, e.g. for tuning experiments; shown in the report),
+LAYERFS_ALT_OPTS (the -o options of the layerfs-alt column, e.g. uring=off),
 FUSE_OVERLAYFS1_BIN (default /usr/bin/fuse-overlayfs), FUSE_OVERLAYFS2_BIN (default
 /work/tools/fuse-overlayfs2/bin/fuse-overlayfs, else WORK/tools/..., installed with
 `cargo install fuse-overlayfs --version FUSE_OVERLAYFS2_VERSION` (default 2.0.0) when missing).
@@ -227,6 +229,7 @@ impl_label() {
     fo1) echo "fuse-overlayfs ${FO1_VER:-1.x}" ;;
     fo2) echo "fuse-overlayfs ${FO2_VER:-2.x}" ;;
     layerfs) echo "layerfs" ;;
+    layerfs-alt) echo "layerfs ${LAYERFS_ALT_OPTS:-}" ;;
   esac
 }
 
@@ -234,7 +237,7 @@ impl_bin() {
   case $1 in
     fo1) echo "${B_FO1_BIN:-}" ;;
     fo2) echo "${B_FO2_BIN:-}" ;;
-    layerfs) echo "${B_LAYERFS_BIN:-}" ;;
+    layerfs|layerfs-alt) echo "${B_LAYERFS_BIN:-}" ;;
     *) echo "" ;;
   esac
 }
@@ -404,7 +407,7 @@ mount_impl() {
   # volatile mounts: no fsync on copy-up, fsync a no-op (each implementation's own option)
   if ((${B_VOLATILE:-0})) && [[ -n $upper ]]; then
     case $impl in
-      kernel|layerfs) opts+=",volatile" ;;
+      kernel|layerfs|layerfs-alt) opts+=",volatile" ;;
       fo1|fo2) opts+=",fsync=0" ;;
     esac
   fi
@@ -419,6 +422,7 @@ mount_impl() {
     *)
       bin=$(impl_bin "$impl")
       [[ $impl == layerfs && -n ${LAYERFS_OPTS:-} ]] && opts+=",$LAYERFS_OPTS"
+      [[ $impl == layerfs-alt && -n ${LAYERFS_ALT_OPTS:-} ]] && opts+=",$LAYERFS_ALT_OPTS"
       timeout 60 "$bin" -o "$opts" "$mnt" </dev/null >>"$B_CELL_LOG" 2>&1 || rc=$? ;;
   esac
   if ((rc != 0)) || ! mounted "$mnt"; then
@@ -721,6 +725,7 @@ main() {
       fo1) locate_fo1 && impls+=(fo1) ;;
       fo2) locate_fo2 && impls+=(fo2) ;;
       layerfs) locate_layerfs && impls+=(layerfs) ;;
+      layerfs-alt) locate_layerfs && impls+=(layerfs-alt) ;;
       *) die "unknown implementation '$i' (native,kernel,fo1,fo2,layerfs)" ;;
     esac
   done

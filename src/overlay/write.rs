@@ -632,6 +632,7 @@ impl Overlay {
                 && !up.volatile
                 && !meta_only
             {
+                let _free = sys::widen_affinity();
                 sys::fsync(fd.as_fd(), false)?;
             }
             // A copy-up is not a change of the parent: keep its times.
@@ -712,6 +713,7 @@ impl Overlay {
             )?;
             method = copy_data(src.as_fd(), dst.as_fd(), st.size)?;
             if !up.volatile {
+                let _free = sys::widen_affinity();
                 sys::fsync(dst.as_fd(), false)?;
             }
             // Writing changed what the caller did not: the times and,
@@ -1687,6 +1689,7 @@ impl Overlay {
             return Ok(());
         }
         let fd = self.file_fd(fh)?;
+        let _free = sys::widen_affinity();
         sys::fsync(fd.as_fd(), datasync)
     }
 

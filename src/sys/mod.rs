@@ -882,3 +882,44 @@ mod tests {
         assert_eq!(Errno::ENOENT.to_string(), "No such file or directory");
     }
 }
+
+/// While alive, the calling thread may run on any CPU; dropping it restores
+/// the affinity it had (a no-op for threads that were not pinned).
+pub struct WidenedAffinity(Option<libc::cpu_set_t>);
+
+/// Lets a CPU-pinned thread (an io_uring queue thread) follow a blocking
+/// wait, an fsync's I/O completion, to whichever CPU wakes it: pinned, every
+/// such wake-up must reach its own CPU, idle and halted by then (copy-up of
+/// 2,000 files: 1.83-1.98 s pinned, 1.67-1.82 s widened, 1.51-1.62 s on
+/// /dev/fuse). Threads not pinned to one CPU are left alone.
+pub fn widen_affinity() -> WidenedAffinity {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain data, written by the kernel up to `size`.
+    let mut old: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, size, &mut old) } != 0 {
+        return WidenedAffinity(None);
+    }
+    // SAFETY: as above; CPU_COUNT reads the set.
+    if unsafe { libc::CPU_COUNT(&old) } != 1 {
+        return WidenedAffinity(None);
+    }
+    // Every CPU: the kernel keeps only those the thread's cpuset allows.
+    let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..libc::CPU_SETSIZE as usize {
+        // SAFETY: cpu < CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut all) };
+    }
+    if unsafe { libc::sched_setaffinity(0, size, &all) } != 0 {
+        return WidenedAffinity(None);
+    }
+    WidenedAffinity(Some(old))
+}
+
+impl Drop for WidenedAffinity {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            // SAFETY: a set read by sched_getaffinity.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), old) };
+        }
+    }
+}
