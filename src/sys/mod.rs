@@ -848,41 +848,6 @@ pub unsafe fn borrow_raw<'a>(fd: RawFd) -> BorrowedFd<'a> {
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dirents_parse() {
-        let mut buf = Vec::new();
-        for (ino, ty, name) in [(5u64, libc::DT_REG, &b"abc"[..]), (7, libc::DT_DIR, b".")] {
-            let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
-            let start = buf.len();
-            buf.extend_from_slice(&ino.to_ne_bytes());
-            buf.extend_from_slice(&0i64.to_ne_bytes());
-            buf.extend_from_slice(&(reclen as u16).to_ne_bytes());
-            buf.push(ty);
-            buf.extend_from_slice(name);
-            buf.resize(start + reclen, 0);
-        }
-        let mut out = Vec::new();
-        parse_dirents(&buf, &mut out);
-        assert_eq!(
-            out,
-            vec![RawDirEntry {
-                name: b"abc".to_vec(),
-                ino: 5,
-                dtype: libc::DT_REG
-            }]
-        );
-    }
-
-    #[test]
-    fn errno_display_has_no_suffix() {
-        assert_eq!(Errno::ENOENT.to_string(), "No such file or directory");
-    }
-}
-
 /// While alive, the calling thread may run on any CPU; dropping it restores
 /// the affinity it had (a no-op for threads that were not pinned).
 pub struct WidenedAffinity(Option<libc::cpu_set_t>);
@@ -921,5 +886,40 @@ impl Drop for WidenedAffinity {
             // SAFETY: a set read by sched_getaffinity.
             unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), old) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirents_parse() {
+        let mut buf = Vec::new();
+        for (ino, ty, name) in [(5u64, libc::DT_REG, &b"abc"[..]), (7, libc::DT_DIR, b".")] {
+            let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
+            let start = buf.len();
+            buf.extend_from_slice(&ino.to_ne_bytes());
+            buf.extend_from_slice(&0i64.to_ne_bytes());
+            buf.extend_from_slice(&(reclen as u16).to_ne_bytes());
+            buf.push(ty);
+            buf.extend_from_slice(name);
+            buf.resize(start + reclen, 0);
+        }
+        let mut out = Vec::new();
+        parse_dirents(&buf, &mut out);
+        assert_eq!(
+            out,
+            vec![RawDirEntry {
+                name: b"abc".to_vec(),
+                ino: 5,
+                dtype: libc::DT_REG
+            }]
+        );
+    }
+
+    #[test]
+    fn errno_display_has_no_suffix() {
+        assert_eq!(Errno::ENOENT.to_string(), "No such file or directory");
     }
 }
