@@ -456,11 +456,11 @@ impl fuser::Filesystem for LayerFs {
         // Writes are at most max_pages (256 pages) anyway; a smaller max_write
         // keeps the io_uring entries (each holds the largest request) at 1 MiB.
         let _ = config.set_max_write(1 << 20);
-        if self.opts.uring_threads > 0
+        let uring = self.opts.uring_threads > 0
             && config
                 .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
-                .is_err()
-        {
+                .is_ok();
+        if self.opts.uring_threads > 0 && !uring {
             info!(
                 "kernel does not offer FUSE over io_uring (Linux 6.14+ with \
                  /sys/module/fuse/parameters/enable_uring=Y): requests go through /dev/fuse"
@@ -469,6 +469,16 @@ impl fuser::Filesystem for LayerFs {
         // Readahead and writeback requests in flight at once (the kernel's
         // default is 12): enough to keep every reader thread busy.
         let _ = config.set_max_background(64);
+        let transport = if uring {
+            match self.opts.uring_threads {
+                1 => "FUSE over io_uring, a thread per CPU".to_string(),
+                n => format!("FUSE over io_uring, {n} threads per CPU"),
+            }
+        } else {
+            format!("/dev/fuse, {} threads", self.opts.threads.max(1))
+        };
+        self.ov
+            .set_connection(format!("{}; requests through {transport}", self.mode));
         info!(
             "cache mode: {} ({} threads, entry/attr timeout {:?})",
             self.mode,

@@ -229,6 +229,9 @@ pub struct Overlay {
     /// The kernel caches writes (FUSE writeback cache): it reads pages of
     /// files opened write-only and places appends itself.
     kernel_writeback: AtomicBool,
+    /// How the kernel talks to this mount, in words, for `layerfs stats`
+    /// (set once by the FUSE adapter when the kernel connects).
+    connection: std::sync::OnceLock<String>,
     /// The writable side; `None` for a read-only mount.
     pub(super) upper: Option<super::write::Upper>,
     /// Counters for `layerfs stats` (see `stats.rs`).
@@ -314,6 +317,7 @@ impl Overlay {
             origins: DashMap::new(),
             orphans: DashMap::new(),
             kernel_writeback: AtomicBool::new(false),
+            connection: std::sync::OnceLock::new(),
             upper,
             counters: Default::default(),
             tracer: std::sync::OnceLock::new(),
@@ -399,6 +403,16 @@ impl Overlay {
     /// kernel connects, before any open).
     pub fn set_kernel_writeback(&self, on: bool) {
         self.kernel_writeback.store(on, Ordering::Relaxed);
+    }
+
+    /// Records how the kernel talks to the mount (cache mode, request
+    /// transport), shown by `layerfs stats`; the first call wins.
+    pub fn set_connection(&self, words: String) {
+        let _ = self.connection.set(words);
+    }
+
+    pub(super) fn connection(&self) -> Option<String> {
+        self.connection.get().cloned()
     }
 
     /// The flags a layer file is opened with for an open with `flags`. With

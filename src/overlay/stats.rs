@@ -94,12 +94,19 @@ pub struct Snapshot {
     /// Trace events dropped because the writer could not keep up.
     #[serde(default)]
     pub trace_dropped: u64,
+    /// How the kernel talks to the mount (cache mode, request transport).
+    #[serde(default)]
+    pub connection: Option<String>,
 }
 
 impl Snapshot {
     /// Name/value rows for people, in a fixed order.
     pub fn rows(&self) -> Vec<(&'static str, String)> {
-        let mut rows = vec![
+        let mut rows = Vec::new();
+        if let Some(c) = &self.connection {
+            rows.push(("kernel connection", c.clone()));
+        }
+        rows.extend([
             ("lookups", self.lookups.to_string()),
             ("listing cache hits", self.listing_cache_hits.to_string()),
             (
@@ -121,7 +128,7 @@ impl Snapshot {
                 self.listing_cache_entries.to_string(),
             ),
             ("inodes pruned (asked)", self.prune_requests.to_string()),
-        ];
+        ]);
         if let Some(t) = &self.trace {
             rows.push(("trace file", t.clone()));
             rows.push(("trace events dropped", self.trace_dropped.to_string()));
@@ -156,6 +163,7 @@ impl Overlay {
                 .tracer()
                 .map(|t| t.path().to_string_lossy().into_owned()),
             trace_dropped: self.tracer().map_or(0, |t| t.dropped()),
+            connection: self.connection(),
         }
     }
 }
@@ -186,6 +194,11 @@ mod tests {
         let rows = s.rows();
         assert_eq!(rows[3], ("copy-ups", "3".to_string()));
         assert!(!rows.iter().any(|(n, _)| *n == "trace file"));
+        let with = Snapshot {
+            connection: Some("passthrough".into()),
+            ..Default::default()
+        };
+        assert_eq!(with.rows()[0], ("kernel connection", "passthrough".into()));
         // The JSON round-trips, and old snapshots without trace fields parse.
         let j = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Snapshot>(&j).unwrap(), s);
