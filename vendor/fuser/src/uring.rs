@@ -218,11 +218,6 @@ impl UringSlot {
     /// Writes a reply (out header, then payload) into the entry.
     pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
         let total: usize = data.iter().map(|d| d.len()).sum();
-        if total < OUT_HEADER || total - OUT_HEADER > self.payload_len {
-            return Err(io::Error::other(format!(
-                "reply of {total} bytes does not fit the io_uring entry"
-            )));
-        }
         let mut replied = self.replied.lock().unwrap_or_else(|e| e.into_inner());
         if replied.done {
             return Err(io::Error::other("second reply to one request"));
@@ -231,6 +226,23 @@ impl UringSlot {
         // before the kernel may touch the buffers again, and the mutex keeps
         // writers apart.
         let hdr = unsafe { &mut *self.header.as_ptr() };
+        if total < OUT_HEADER || total - OUT_HEADER > self.payload_len {
+            // The queue thread waits for a reply: answer EIO rather than none.
+            let out = abi::fuse_out_header {
+                len: OUT_HEADER as u32,
+                error: -libc::EIO,
+                unique: hdr.ent.commit_id,
+            };
+            hdr.in_out[..OUT_HEADER].copy_from_slice(zerocopy::IntoBytes::as_bytes(&out));
+            hdr.ent.payload_sz = 0;
+            replied.done = true;
+            if replied.waiting {
+                self.replied_cv.notify_all();
+            }
+            return Err(io::Error::other(format!(
+                "reply of {total} bytes does not fit the io_uring entry: answered EIO"
+            )));
+        }
         let payload =
             unsafe { std::slice::from_raw_parts_mut(self.payload.as_ptr(), self.payload_len) };
         let (mut h, mut p) = (0usize, 0usize);
