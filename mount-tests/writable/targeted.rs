@@ -1343,6 +1343,68 @@ fn metadata_changes_copy_no_data() {
     assert_eq!(read_path(&m.join("g")).expect("read g"), b"sm".to_vec());
 }
 
+/// A writable mount of one lower layer holding `f` ("lower"), its daemon in
+/// the foreground: `child` is the daemon, its output goes to `log`.
+struct ForegroundMount {
+    _base: tempfile::TempDir,
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+    log: PathBuf,
+    m: Mnt,
+    child: std::process::Child,
+}
+
+fn foreground_mount() -> ForegroundMount {
+    let base = crate::common::temp_base();
+    let p = |n: &str| base.path().join(n);
+    let (lower, upper, work, mnt, log) = (p("l"), p("u"), p("w"), p("m"), p("daemon.log"));
+    for d in [&lower, &upper, &work] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(lower.join("f"), b"lower").unwrap();
+    let uw = Some((upper.as_path(), work.as_path()));
+    let mut m = mount_layerfs_foreground(std::slice::from_ref(&lower), uw, &mnt, &log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let child = m.child.take().expect("foreground child");
+    ForegroundMount {
+        _base: base,
+        lower,
+        upper,
+        work,
+        mnt,
+        log,
+        m,
+        child,
+    }
+}
+
+impl ForegroundMount {
+    /// umount(2) itself (the umount command may stat the mount point, which
+    /// needs the daemon); the mount guard no longer unmounts.
+    fn umount(&mut self) -> Result<(), i32> {
+        let target = cstr(self.m.path());
+        let r = rc(unsafe { libc::umount2(target.as_ptr(), 0) });
+        self.m.disarm();
+        r
+    }
+
+    /// Waits up to 10 s for the daemon to exit, killing it if it does not;
+    /// whether it exited by itself.
+    fn wait_exit(&mut self) -> bool {
+        let child = &mut self.child;
+        let exited = wait_until(std::time::Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        exited
+    }
+}
+
 /// `umount`, then a new mount at the same path while the old daemon is still on its way out:
 /// the old daemon must not take the new mount down when its session ends (fuser 0.18.0 called
 /// umount(2) on the path again; see vendor/fuser/PATCHES.md). The old daemon is held stopped
@@ -1353,46 +1415,23 @@ fn new_mount_survives_exit_of_previous_daemon_at_same_path() {
     if !init() || !layerfs_specific() {
         return;
     }
-    let base = crate::common::temp_base();
-    let (lower, upper, work) = (
-        base.path().join("l"),
-        base.path().join("u"),
-        base.path().join("w"),
-    );
-    for d in [&lower, &upper, &work] {
-        fs::create_dir_all(d).unwrap();
-    }
-    fs::write(lower.join("f"), b"lower").unwrap();
-    let mnt = base.path().join("m");
-    let log = base.path().join("old.log");
-    let uw = Some((upper.as_path(), work.as_path()));
-    let mut old = mount_layerfs_foreground(std::slice::from_ref(&lower), uw, &mnt, &log)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut child = old.child.take().expect("foreground child");
-    let pid = child.id() as libc::pid_t;
+    let mut old = foreground_mount();
+    let pid = old.child.id() as libc::pid_t;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    // umount(2) itself: the umount command may stat the mount point, which needs the daemon.
-    let target = cstr(old.path());
-    let umounted = rc(unsafe { libc::umount2(target.as_ptr(), 0) });
-    old.disarm();
+    let umounted = old.umount();
+    let uw = Some((old.upper.as_path(), old.work.as_path()));
     let new = umounted
         .map_err(errname)
-        .and_then(|()| mount_layerfs(std::slice::from_ref(&lower), uw, &mnt, &[]));
+        .and_then(|()| mount_layerfs(std::slice::from_ref(&old.lower), uw, &old.mnt, &[]));
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    let exited = wait_until(std::time::Duration::from_secs(10), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    });
-    if !exited {
-        child.kill();
-        child.wait();
-    }
+    let exited = old.wait_exit();
     let mut new = new.unwrap_or_else(|e| panic!("umount, then mount again: {e}"));
     assert!(exited, "the old daemon did not exit after its umount");
     assert!(
         crate::common::is_mounted(new.path()),
         "the new mount at {} is gone after the old daemon exited; old daemon's log: {}",
-        mnt.display(),
-        fs::read_to_string(&log).unwrap_or_default()
+        old.mnt.display(),
+        fs::read_to_string(&old.log).unwrap_or_default()
     );
     assert_eq!(read_path(&new.path().join("f")), Ok(b"lower".to_vec()));
     new.unmount().unwrap_or_else(|e| panic!("{e}"));
@@ -1420,22 +1459,7 @@ fn io_uring_queues_serve_requests_and_end_with_the_mount() {
     let enabled = fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
         .is_ok_and(|s| s.trim() == "Y")
         && !std::env::var("LAYERFS_TEST_OPTS").is_ok_and(|o| o.contains("uring="));
-    let base = crate::common::temp_base();
-    let (lower, upper, work) = (
-        base.path().join("l"),
-        base.path().join("u"),
-        base.path().join("w"),
-    );
-    for d in [&lower, &upper, &work] {
-        fs::create_dir_all(d).unwrap();
-    }
-    fs::write(lower.join("f"), b"lower").unwrap();
-    let mnt = base.path().join("m");
-    let log = base.path().join("daemon.log");
-    let uw = Some((upper.as_path(), work.as_path()));
-    let mut m = mount_layerfs_foreground(std::slice::from_ref(&lower), uw, &mnt, &log)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut child = m.child.take().expect("foreground child");
+    let mut fm = foreground_mount();
     let mut fails = Vec::new();
     let mut check = |what: &str, ok: bool, detail: String| {
         if !ok {
@@ -1443,7 +1467,7 @@ fn io_uring_queues_serve_requests_and_end_with_the_mount() {
         }
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let queues = threads_named(child.id(), "fuser-q");
+    let queues = threads_named(fm.child.id(), "fuser-q");
     if enabled {
         check(
             "a queue thread per CPU",
@@ -1453,7 +1477,7 @@ fn io_uring_queues_serve_requests_and_end_with_the_mount() {
     } else {
         check("no queue threads", queues == 0, format!("{queues}"));
     }
-    let p = m.path().to_path_buf();
+    let p = fm.m.path().to_path_buf();
     let os = |r: std::io::Result<()>| r.map_err(|e| e.raw_os_error().unwrap_or(0));
     let appended = fs::OpenOptions::new()
         .append(true)
@@ -1488,18 +1512,10 @@ fn io_uring_queues_serve_requests_and_end_with_the_mount() {
         r == Err(libc::ENOENT),
         format!("{r:?}"),
     );
-    let target = cstr(m.path());
-    let umounted = rc(unsafe { libc::umount2(target.as_ptr(), 0) });
-    m.disarm();
+    let umounted = fm.umount();
     check("umount", umounted.is_ok(), format!("{umounted:?}"));
-    let exited = wait_until(std::time::Duration::from_secs(10), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    });
-    if !exited {
-        child.kill();
-        child.wait();
-    }
-    let log = fs::read_to_string(&log).unwrap_or_default();
+    let exited = fm.wait_exit();
+    let log = fs::read_to_string(&fm.log).unwrap_or_default();
     check("the daemon exits after umount", exited, log);
     assert_no_failures("io_uring queues", &fails);
 }

@@ -263,6 +263,23 @@ fn parse_bool(option: &str, v: &str) -> Result<bool, OptionError> {
     }
 }
 
+/// A whole number within `range`; `expected` says what else was wanted.
+fn parse_count(
+    option: &str,
+    v: &str,
+    range: std::ops::RangeInclusive<usize>,
+    expected: &'static str,
+) -> Result<usize, OptionError> {
+    v.parse()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| OptionError::BadValue {
+            option: option.into(),
+            value: v.into(),
+            expected,
+        })
+}
+
 impl MountOptions {
     /// Applies one `-o` argument (a comma-separated list) on top of `self`;
     /// later options override earlier ones, as with mount(8).
@@ -377,33 +394,15 @@ impl MountOptions {
                 Ok(())
             }
             ("threads", Some(v)) => {
-                let n: usize = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=256).contains(n))
-                    .ok_or_else(|| OptionError::BadValue {
-                        option: key.into(),
-                        value: v.into(),
-                        expected: "a number from 1 to 256",
-                    })?;
-                self.threads = Some(n);
+                self.threads = Some(parse_count(key, v, 1..=256, "a number from 1 to 256")?);
                 Ok(())
             }
             ("uring", Some(v)) => {
-                let n = match v {
+                self.uring = Some(match v {
                     "on" | "auto" => crate::fuse::DEFAULT_URING_THREADS,
                     "off" => 0,
-                    _ => v
-                        .parse()
-                        .ok()
-                        .filter(|n| (0..=8).contains(n))
-                        .ok_or_else(|| OptionError::BadValue {
-                            option: key.into(),
-                            value: v.into(),
-                            expected: "on, off or a number from 0 to 8",
-                        })?,
-                };
-                self.uring = Some(n);
+                    _ => parse_count(key, v, 0..=8, "on, off or a number from 0 to 8")?,
+                });
                 Ok(())
             }
             ("passthrough", Some(v)) => {
@@ -609,7 +608,19 @@ mod tests {
     }
 
     #[test]
-    fn uring_option() {
+    fn count_options() {
+        let mut o = MountOptions::default();
+        o.apply("threads=3").unwrap();
+        assert_eq!(o.threads, Some(3));
+        for bad in ["threads=0", "threads=257", "threads=x"] {
+            assert!(
+                matches!(
+                    MountOptions::default().apply(bad),
+                    Err(OptionError::BadValue { .. })
+                ),
+                "{bad}"
+            );
+        }
         let default = crate::fuse::DEFAULT_URING_THREADS;
         for (v, want) in [
             ("on", default),

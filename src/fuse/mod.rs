@@ -477,14 +477,9 @@ impl fuser::Filesystem for LayerFs {
         } else {
             format!("/dev/fuse, {} threads", self.opts.threads.max(1))
         };
-        self.ov
-            .set_connection(format!("{}; requests through {transport}", self.mode));
-        info!(
-            "cache mode: {} ({} threads, entry/attr timeout {:?})",
-            self.mode,
-            self.opts.threads.max(1),
-            self.opts.timeout
-        );
+        let connection = format!("{}; requests through {transport}", self.mode);
+        info!("{connection}; entry/attr timeout {:?}", self.opts.timeout);
+        self.ov.set_connection(connection);
         Ok(())
     }
 

@@ -298,36 +298,37 @@ impl<FS: Filesystem> Session<FS> {
         // Queue threads start first: once every queue has an entry the kernel
         // stops queueing on /dev/fuse (FORGET and INTERRUPT aside).
         let per_queue = config.uring_threads_per_queue.unwrap_or(0);
-        let queues = crate::uring::possible_cpus();
-        // Every possible CPU needs a registered queue before the kernel uses
-        // any; machines with many hot-pluggable CPU slots would get a thread
-        // per slot.
-        let too_many = queues * per_queue > crate::uring::MAX_THREADS;
-        if too_many && uring_payload.is_some() && per_queue > 0 {
-            info!(
-                "FUSE over io_uring not used: {queues} possible CPUs x {per_queue} threads is over {}",
-                crate::uring::MAX_THREADS
-            );
-        }
-        if let (Some(payload_len), true) = (uring_payload, per_queue > 0 && !too_many) {
-            let dev_fd = std::os::fd::AsRawFd::as_raw_fd(&channels[channels.len() - 1].as_fd());
-            for qid in 0..queues {
-                for t in 0..per_queue {
-                    let thread_name = format!("fuser-q{qid}.{t}");
-                    let event_loop = SessionEventLoop {
-                        thread_name: thread_name.clone(),
-                        filesystem: filesystem.clone(),
-                        ch: channels[channels.len() - 1].clone(),
-                        allowed,
-                        session_owner,
-                    };
+        if let (Some(payload_len), true) = (uring_payload, per_queue > 0) {
+            // Every possible CPU needs a registered queue before the kernel
+            // uses any: machines with many hot-pluggable CPU slots would get a
+            // thread per slot.
+            let queues = crate::uring::possible_cpus();
+            if queues * per_queue > crate::uring::MAX_THREADS {
+                info!(
+                    "FUSE over io_uring not used: {queues} possible CPUs x {per_queue} threads is over {}",
+                    crate::uring::MAX_THREADS
+                );
+            } else {
+                for qid in 0..queues {
                     let qid = u16::try_from(qid).map_err(io::Error::other)?;
-                    threads.push(thread::Builder::new().name(thread_name).spawn(move || {
-                        crate::uring::serve(&event_loop, dev_fd, qid, true, payload_len)
-                    })?);
+                    for t in 0..per_queue {
+                        let thread_name = format!("fuser-q{qid}.{t}");
+                        let event_loop = SessionEventLoop {
+                            thread_name: thread_name.clone(),
+                            filesystem: filesystem.clone(),
+                            ch: channels[channels.len() - 1].clone(),
+                            allowed,
+                            session_owner,
+                        };
+                        threads.push(
+                            thread::Builder::new()
+                                .name(thread_name)
+                                .spawn(move || crate::uring::serve(&event_loop, qid, payload_len))?,
+                        );
+                    }
                 }
+                info!("FUSE over io_uring: {queues} queues, {per_queue} threads each");
             }
-            info!("FUSE over io_uring: {queues} queues, {per_queue} threads each");
         }
 
         for (i, ch) in channels.into_iter().enumerate() {

@@ -228,11 +228,7 @@ impl UringSlot {
         let hdr = unsafe { &mut *self.header.as_ptr() };
         if total < OUT_HEADER || total - OUT_HEADER > self.payload_len {
             // The queue thread waits for a reply: answer EIO rather than none.
-            let out = abi::fuse_out_header {
-                len: OUT_HEADER as u32,
-                error: -libc::EIO,
-                unique: hdr.ent.commit_id,
-            };
+            let out = errno_header(hdr.ent.commit_id, libc::EIO);
             hdr.in_out[..OUT_HEADER].copy_from_slice(zerocopy::IntoBytes::as_bytes(&out));
             hdr.ent.payload_sz = 0;
             replied.done = true;
@@ -346,18 +342,18 @@ enum Stop {
     Refused(io::Error),
 }
 
-/// Serves queue `qid` until the connection ends. `pin` pins the thread to
-/// CPU `qid` first.
+/// Serves queue `qid` from a thread pinned to CPU `qid` (where it may run)
+/// until the connection ends.
 pub(crate) fn serve<FS: Filesystem>(
     ev: &SessionEventLoop<FS>,
-    dev_fd: i32,
     qid: u16,
-    pin: bool,
     payload_len: usize,
 ) -> io::Result<()> {
-    if pin && !pin_to(qid.into()) {
+    if !pin_to(qid.into()) {
         debug!("io_uring queue {qid}: cannot pin to CPU {qid}, running unpinned");
     }
+    // `ev.ch` keeps the fd open for as long as this thread runs.
+    let dev_fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&ev.ch));
     let mut ring = new_ring()?;
     let slot = Arc::new(UringSlot::new(payload_len, ev.ch.sender()));
     // A request in /dev/fuse layout, 8-byte aligned like fuse_in_header.
@@ -431,7 +427,7 @@ pub(crate) fn serve<FS: Filesystem>(
                 commit_id
             }
             Err(e) => {
-                error!("{e}");
+                error!("io_uring queue {qid}: {e}");
                 slot.send_errno(libc::EIO)
             }
         };
@@ -461,12 +457,17 @@ impl UringSlot {
     fn send_errno(&self, errno: i32) -> u64 {
         // SAFETY: as in take_request.
         let commit_id = unsafe { self.header.as_ref() }.ent.commit_id;
-        let out = abi::fuse_out_header {
-            len: OUT_HEADER as u32,
-            error: -errno,
-            unique: commit_id,
-        };
+        let out = errno_header(commit_id, errno);
         let _ = self.send(&[IoSlice::new(zerocopy::IntoBytes::as_bytes(&out))]);
         commit_id
+    }
+}
+
+/// The reply header of an error answer to request `unique`.
+fn errno_header(unique: u64, errno: i32) -> abi::fuse_out_header {
+    abi::fuse_out_header {
+        len: OUT_HEADER as u32,
+        error: -errno,
+        unique,
     }
 }
