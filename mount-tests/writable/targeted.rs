@@ -1343,6 +1343,41 @@ fn metadata_changes_copy_no_data() {
     assert_eq!(read_path(&m.join("g")).expect("read g"), b"sm".to_vec());
 }
 
+/// chmod, chown and utimens of a lower file that cannot become a metadata-only copy (a hard
+/// link: its other names join the copy) copy its data with it, on kernel overlayfs and layerfs.
+#[test]
+fn chmod_of_a_lower_hard_link_keeps_its_data() {
+    if !init() {
+        return;
+    }
+    let stack = Stack::new(vec![
+        Layer::new().file("top", b"t", 0o644),
+        Layer::new()
+            .file("h1", b"linked data", 0o644)
+            .hardlink("h2", "h1")
+            .file("u", b"unlinked", 0o644)
+            .hardlink("u2", "u"),
+    ]);
+    let fx = WFixture::new(&stack);
+    for r in [fx.k().to_path_buf(), fx.f().to_path_buf()] {
+        chmod(&r.join("h1"), 0o600).expect("chmod h1");
+        lchown(&r.join("u"), 1000, 1000).expect("chown u");
+        for (p, want) in [
+            ("h1", &b"linked data"[..]),
+            ("h2", b"linked data"),
+            ("u", b"unlinked"),
+            ("u2", b"unlinked"),
+        ] {
+            assert_eq!(
+                read_path(&r.join(p)).expect(p),
+                want.to_vec(),
+                "{} lost its data",
+                r.join(p).display()
+            );
+        }
+    }
+}
+
 /// A writable mount of one lower layer holding `f` ("lower"), its daemon in
 /// the foreground: `child` is the daemon, its output goes to `log`.
 struct ForegroundMount {

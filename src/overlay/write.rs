@@ -596,7 +596,10 @@ impl Overlay {
                         let _ = sys::unlinkat(work, &tmp, 0);
                         return Err(e);
                     }
-                } else if data == CopyData::Full {
+                } else if data != CopyData::Truncated {
+                    // `Meta` that cannot stay metadata-only (a hard link,
+                    // no xattrs in the upper layer) takes the data now:
+                    // nothing would fetch it later.
                     match copy_data(src.as_fd(), dst.as_fd(), st.size) {
                         Ok(m) => method = m,
                         Err(e) => {
