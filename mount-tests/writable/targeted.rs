@@ -1378,6 +1378,31 @@ fn chmod_of_a_lower_hard_link_keeps_its_data() {
     }
 }
 
+/// chown(path, -1, -1) changes nothing but still moves the ctime, of an upper file as of a
+/// lower one (which it copies up), on kernel overlayfs and layerfs.
+#[test]
+fn chown_to_the_same_ids_moves_ctime() {
+    if !init() {
+        return;
+    }
+    let stack = Stack::new(vec![Layer::new().file("lower", b"l", 0o644)]);
+    let fx = WFixture::new(&stack);
+    let ctime = |p: &Path| {
+        let st = lstat(p).expect("lstat");
+        (st.st_ctime, st.st_ctime_nsec)
+    };
+    for r in [fx.k().to_path_buf(), fx.f().to_path_buf()] {
+        create_file(&r.join("upper"), b"u", 0o644).expect("create upper");
+        for name in ["upper", "lower"] {
+            let p = r.join(name);
+            let before = ctime(&p);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            lchown(&p, u32::MAX, u32::MAX).expect("chown -1 -1");
+            assert_ne!(ctime(&p), before, "ctime of {}", p.display());
+        }
+    }
+}
+
 /// A writable mount of one lower layer holding `f` ("lower"), its daemon in
 /// the foreground: `child` is the daemon, its output goes to `log`.
 struct ForegroundMount {

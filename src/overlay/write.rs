@@ -1551,8 +1551,12 @@ impl Overlay {
             // the new mode into the kernel's attribute cache. Either way the
             // file is copied up first, as kernel overlayfs does for
             // chown(-1, -1).
-            if self.upper.is_some() {
+            if self.upper.is_some() && !self.is_orphan(ino) {
                 self.copy_up(ino, CopyData::Meta)?;
+                // chown(-1, -1) still changes the file: its ctime moves,
+                // as on the upper filesystem and kernel overlayfs.
+                let loc = self.loc(ino)?;
+                sys::fchownat(loc.fd.as_fd(), &loc.name, u32::MAX, u32::MAX)?;
             }
             let st = self.getattr_fh(ino, fh)?;
             if self.upper.is_none()
