@@ -1403,6 +1403,66 @@ fn chown_to_the_same_ids_moves_ctime() {
     }
 }
 
+/// fuse-overlayfs's and kernel overlayfs's options do what they say: `noxattrs=1` (xattrs
+/// unsupported), `static_nlink` (directories report 1), `redirect_dir=follow` (renaming a lower
+/// directory is EXDEV), `metacopy=off` (chmod copies the data), `userxattr` (overlay marks in
+/// user.overlay.* even as root). Layerfs alone: the kernel mounts with other defaults.
+#[test]
+fn drop_in_options_do_what_they_say() {
+    if !init() || !layerfs_specific() {
+        return;
+    }
+    let stack = Stack::new(vec![
+        Layer::new().file("top", b"t", 0o644),
+        Layer::new()
+            .dir("d", 0o755)
+            .file("d/x", b"x", 0o644)
+            .dir("gone", 0o755)
+            .file("f", b"lower data", 0o644),
+    ]);
+    let mut fx = WFixture::unmounted(&stack);
+    let (layers, upper, work) = (fx.f_layers.clone(), fx.f_upper.clone(), fx.f_work.clone());
+    let target = fx.base().join("mf");
+    let opts = "noxattrs=1,static_nlink,redirect_dir=follow,metacopy=off";
+    fx.fmnt = Some(mount_layerfs(&layers, Some((&upper, &work)), &target, &[opts]).expect("mount"));
+    let m = target.clone();
+    assert_eq!(lgetxattr(&m.join("f"), "user.x"), Err(libc::EOPNOTSUPP));
+    assert_eq!(
+        lsetxattr(&m.join("f"), "user.x", b"1", 0),
+        Err(libc::EOPNOTSUPP)
+    );
+    assert_eq!(lstat(&m.join("d")).expect("lstat d").st_nlink, 1);
+    assert_eq!(rename2(&m.join("d"), &m.join("e"), 0), Err(libc::EXDEV));
+    chmod(&m.join("f"), 0o600).expect("chmod f");
+    assert_eq!(
+        fs::read(upper.join("f")).expect("read upper/f"),
+        b"lower data"
+    );
+    assert_eq!(
+        lgetxattr(&upper.join("f"), "trusted.overlay.metacopy"),
+        Err(libc::ENODATA),
+        "metacopy=off made a metadata-only copy"
+    );
+    let mut mnt = fx.fmnt.take().expect("mount");
+    mnt.unmount().expect("unmount");
+    fx.fmnt = Some(
+        mount_layerfs(&layers, Some((&upper, &work)), &target, &["userxattr"]).expect("remount"),
+    );
+    rmdir(&m.join("gone")).expect("rmdir gone");
+    mkdir(&m.join("gone"), 0o755).expect("mkdir gone");
+    assert_eq!(
+        lgetxattr(&upper.join("gone"), "user.overlay.opaque"),
+        Ok(b"y".to_vec())
+    );
+    assert_eq!(
+        lgetxattr(&upper.join("gone"), "trusted.overlay.opaque"),
+        Err(libc::ENODATA)
+    );
+    rename2(&m.join("d"), &m.join("e"), 0).expect("rename d e (redirect_dir=on by default)");
+    assert_eq!(read_path(&m.join("e/x")).expect("read e/x"), b"x".to_vec());
+    assert!(lgetxattr(&upper.join("e"), "user.overlay.redirect").is_ok());
+}
+
 /// A writable mount of one lower layer holding `f` ("lower"), its daemon in
 /// the foreground: `child` is the daemon, its output goes to `log`.
 struct ForegroundMount {

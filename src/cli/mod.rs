@@ -69,6 +69,26 @@ MOUNT OPTIONS:
                           the least recently used ones it is not using
                           (Linux 6.18+); 0: keep all it holds
   static_nlink            report nlink 1 for every directory
+  noxattrs=1|0            no extended attributes at all (1): every xattr call
+                          fails with EOPNOTSUPP, and ls -l stops asking
+  redirect_dir=on|follow|off|nofollow
+                          renaming a directory that exists in a lower layer:
+                          on (default) moves it by an overlay.redirect xattr,
+                          as kernel overlayfs with redirect_dir=on; follow and
+                          off refuse it with EXDEV (mv then copies), still
+                          following existing redirects; nofollow ignores them
+  metacopy=on|off         chmod/chown/touch of a lower file copies its metadata
+                          only, the data on first write (on, default); off
+                          copies the data at once
+  userxattr               keep overlay marks in user.overlay.* even as root
+                          (the default is trusted.overlay.* where allowed)
+  index=, xino=, uuid=, nfs_export=
+                          kernel overlayfs options, accepted with any value:
+                          hard links stay linked across copy-up and inode
+                          numbers are stable either way
+  context=, fscontext=, defcontext=, rootcontext=
+                          SELinux labels, passed to the kernel as given
+                          (quote a value that holds commas)
   uidmapping=C:H:N[:C:H:N...], gidmapping=C:H:N[:C:H:N...]
                           ids C..C+N stored in the layers show as H..H+N, and
                           a chown to (or a file created by) H+k stores C+k, as
@@ -88,7 +108,7 @@ MOUNT OPTIONS:
                           accepted and ignored
 
   Not implemented yet (accepted by fuse-overlayfs; layerfs refuses them):
-    xattr_permissions=, plugins=, noxattrs=
+    xattr_permissions=, plugins=
 
   Layers are taken as immutable while mounted: after changing a lower layer
   directly, run `layerfs refresh MOUNTPOINT` (see `layerfs refresh --help`).

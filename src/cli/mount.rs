@@ -253,6 +253,9 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
         UpperOptions {
             volatile: o.volatile,
             whiteout: o.whiteout,
+            redirect_dir: o.redirect_dir,
+            metacopy: o.metacopy,
+            xattrs: o.xattr_namespace,
         },
     )
     .map_err(|cause| MountError::Path {
@@ -324,6 +327,7 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
     if dirsync {
         mount_options.push(MountOption::DirSync);
     }
+    mount_options.extend(o.kernel.iter().cloned().map(MountOption::CUSTOM));
     // As root, like fuse-overlayfs: everyone may use the mount, and the
     // kernel checks permissions from the reported modes.
     if root || o.default_permissions {
@@ -347,6 +351,8 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
     if let Some(r) = o.readdirplus {
         fuse.readdirplus = r;
     }
+    fuse.dir_nlink = o.dir_nlink;
+    fuse.xattrs = o.xattrs;
     if let Some(n) = o.max_inodes {
         fuse.max_inodes = crate::overlay::NodeLimit(n);
     }

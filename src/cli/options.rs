@@ -11,8 +11,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-pub use crate::overlay::WhiteoutMode;
+pub use crate::fuse::{DirNlink, XattrSupport};
 use crate::overlay::idmap::{IdRange, IdRanges};
+pub use crate::overlay::{Metacopy, RedirectDir, WhiteoutMode, XattrNamespace};
 
 /// A generic mount flag and its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +53,17 @@ pub struct MountOptions {
     pub readdirplus: Option<bool>,
     /// `max_inodes=N`: inodes the daemon keeps (0: no bound).
     pub max_inodes: Option<usize>,
-    /// Report nlink 1 for every directory.
-    pub static_nlink: bool,
+    /// `static_nlink`: nlink 1 for every directory.
+    pub dir_nlink: DirNlink,
+    /// `noxattrs=1`: extended attributes are unsupported (ENOSYS).
+    pub xattrs: XattrSupport,
+    /// Kernel overlayfs's `redirect_dir=`, `metacopy=` and `userxattr`.
+    pub redirect_dir: RedirectDir,
+    pub metacopy: Metacopy,
+    pub xattr_namespace: XattrNamespace,
+    /// Options the kernel parses itself (SELinux `context=` and friends),
+    /// passed on as given.
+    pub kernel: Vec<String>,
     /// Append copy-on-write events to this file (JSON Lines).
     pub trace: Option<PathBuf>,
     /// `uidmapping=`/`gidmapping=`: stored id ranges and the ids they show as.
@@ -69,8 +79,16 @@ pub struct MountOptions {
 pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("xattr_permissions=", "store permissions in xattrs"),
     ("plugins=", "layer plugins"),
-    ("noxattrs=", "disable extended attributes"),
 ];
+
+/// Kernel overlayfs options about features layerfs always has or never
+/// needs; accepted with any value so that one option string serves both
+/// (`index`: hard links stay together across copy-up either way; `xino`:
+/// inode numbers are layerfs's own; `uuid`, `nfs_export`: file handles).
+const OVERLAY_IGNORED: &[&str] = &["index", "xino", "uuid", "nfs_export"];
+
+/// SELinux mount options: the kernel's security module parses them.
+const KERNEL_PARSED: &[&str] = &["context", "fscontext", "defcontext", "rootcontext"];
 
 /// Generic mount options that are accepted and have no effect on a FUSE mount.
 const IGNORED: &[&str] = &[
@@ -151,6 +169,10 @@ pub fn split_options(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = s.chars();
+    // A double-quoted value keeps its commas (SELinux contexts:
+    // `context="system_u:object_r:container_file_t:s0:c1,c2"`), as mount(8)
+    // splits them; the quotes stay for the kernel.
+    let mut quoted = false;
     while let Some(c) = chars.next() {
         match c {
             '\\' => match chars.next() {
@@ -161,7 +183,11 @@ pub fn split_options(s: &str) -> Vec<String> {
                 }
                 None => cur.push('\\'),
             },
-            ',' => out.push(std::mem::take(&mut cur)),
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
             c => cur.push(c),
         }
     }
@@ -423,7 +449,45 @@ impl MountOptions {
                 Ok(())
             }
             ("static_nlink", None) => {
-                self.static_nlink = true;
+                self.dir_nlink = DirNlink::Static;
+                Ok(())
+            }
+            ("noxattrs", Some(v)) => {
+                self.xattrs = match parse_bool(key, v)? {
+                    true => XattrSupport::Off,
+                    false => XattrSupport::On,
+                };
+                Ok(())
+            }
+            ("redirect_dir", Some(v)) => {
+                self.redirect_dir = match v {
+                    "on" => RedirectDir::On,
+                    "follow" | "off" => RedirectDir::Follow,
+                    "nofollow" => RedirectDir::NoFollow,
+                    _ => {
+                        return Err(OptionError::BadValue {
+                            option: key.into(),
+                            value: v.into(),
+                            expected: "on, follow, off or nofollow",
+                        });
+                    }
+                };
+                Ok(())
+            }
+            ("metacopy", Some(v)) => {
+                self.metacopy = match parse_bool(key, v)? {
+                    true => Metacopy::On,
+                    false => Metacopy::Off,
+                };
+                Ok(())
+            }
+            ("userxattr", None) => {
+                self.xattr_namespace = XattrNamespace::User;
+                Ok(())
+            }
+            (k, Some(_)) if OVERLAY_IGNORED.contains(&k) => Ok(()),
+            (k, Some(_)) if KERNEL_PARSED.contains(&k) => {
+                self.kernel.push(opt.to_string());
                 Ok(())
             }
             ("trace", Some(v)) if !v.is_empty() => {
@@ -585,6 +649,13 @@ mod tests {
             ("a\\,b,c", &["a,b", "c"]),
             ("lowerdir=a\\:b:c", &["lowerdir=a\\:b:c"]),
             (",,x,", &["x"]),
+            (
+                "context=\"system_u:object_r:container_file_t:s0:c1,c2\",ro",
+                &[
+                    "context=\"system_u:object_r:container_file_t:s0:c1,c2\"",
+                    "ro",
+                ],
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(split_options(input), s(want), "{input}");
@@ -701,6 +772,53 @@ mod tests {
         ] {
             assert!(MountOptions::default().apply(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Kernel overlayfs's options, so that one option string serves both.
+    #[test]
+    fn drop_in_and_kernel_overlay_options() {
+        let o = |s: &str| {
+            let mut o = MountOptions::default();
+            o.apply(s).map(|()| o)
+        };
+        let d = MountOptions::default();
+        assert_eq!(d.redirect_dir, RedirectDir::On);
+        assert_eq!(d.metacopy, Metacopy::On);
+        assert_eq!(d.xattrs, XattrSupport::On);
+        assert_eq!(d.dir_nlink, DirNlink::Counted);
+        for (v, want) in [
+            ("on", RedirectDir::On),
+            ("follow", RedirectDir::Follow),
+            ("off", RedirectDir::Follow),
+            ("nofollow", RedirectDir::NoFollow),
+        ] {
+            assert_eq!(
+                o(&format!("redirect_dir={v}")).unwrap().redirect_dir,
+                want,
+                "{v}"
+            );
+        }
+        assert!(o("redirect_dir=maybe").is_err());
+        assert_eq!(o("metacopy=off").unwrap().metacopy, Metacopy::Off);
+        assert_eq!(o("metacopy=on").unwrap().metacopy, Metacopy::On);
+        assert_eq!(o("noxattrs=1").unwrap().xattrs, XattrSupport::Off);
+        assert_eq!(o("noxattrs=0").unwrap().xattrs, XattrSupport::On);
+        assert_eq!(o("static_nlink").unwrap().dir_nlink, DirNlink::Static);
+        assert_eq!(
+            o("userxattr").unwrap().xattr_namespace,
+            XattrNamespace::User
+        );
+        let all = o("index=on,xino=auto,uuid=null,nfs_export=off,lowerdir=/a").unwrap();
+        assert_eq!(all.lowerdirs, vec![PathBuf::from("/a")]);
+        assert!(o("index").is_err(), "index needs a value");
+        let c = o("context=\"system_u:object_r:container_file_t:s0:c1,c2\",fscontext=x").unwrap();
+        assert_eq!(
+            c.kernel,
+            s(&[
+                "context=\"system_u:object_r:container_file_t:s0:c1,c2\"",
+                "fscontext=x"
+            ])
+        );
     }
 
     #[test]

@@ -77,6 +77,31 @@ pub struct FuseOptions {
     pub idmap: IdMap,
     /// Inodes the daemon keeps before asking the kernel to forget some.
     pub max_inodes: NodeLimit,
+    /// The link count directories report.
+    pub dir_nlink: DirNlink,
+    /// Whether the mount has extended attributes at all.
+    pub xattrs: XattrSupport,
+}
+
+/// The link count a directory reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DirNlink {
+    /// The upper or top layer's count (2 + subdirectories, as on ext4).
+    #[default]
+    Counted,
+    /// Always 1, "unknown" (fuse-overlayfs's `static_nlink`): tools such
+    /// as find then do not use it to skip leaf directories.
+    Static,
+}
+
+/// Whether the mount answers extended-attribute requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XattrSupport {
+    #[default]
+    On,
+    /// Every xattr request is ENOSYS, which makes the kernel stop sending
+    /// them and answer EOPNOTSUPP itself (fuse-overlayfs's `noxattrs=1`).
+    Off,
 }
 
 impl Default for FuseOptions {
@@ -91,6 +116,8 @@ impl Default for FuseOptions {
             selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
             idmap: IdMap::default(),
             max_inodes: NodeLimit::DEFAULT,
+            dir_nlink: DirNlink::Counted,
+            xattrs: XattrSupport::On,
         }
     }
 }
@@ -238,6 +265,9 @@ impl LayerFs {
     /// The attributes the kernel gets for `st`, with owners translated.
     fn attr(&self, st: &Stat) -> FileAttr {
         let mut a = to_attr(st);
+        if self.opts.dir_nlink == DirNlink::Static && a.kind == FileType::Directory {
+            a.nlink = 1;
+        }
         let m = &self.opts.idmap;
         if !m.is_identity() {
             a.uid = m.uid_out(st.uid);
@@ -877,11 +907,17 @@ impl fuser::Filesystem for LayerFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if self.opts.xattrs == XattrSupport::Off {
+            return reply.error(FErrno::ENOSYS);
+        }
         let r = self.ov.setxattr(Ino(ino.0), name.as_bytes(), value, flags);
         reply_empty(reply, r);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.opts.xattrs == XattrSupport::Off {
+            return reply.error(FErrno::ENOSYS);
+        }
         reply_empty(reply, self.ov.removexattr(Ino(ino.0), name.as_bytes()));
     }
 
@@ -954,6 +990,9 @@ impl fuser::Filesystem for LayerFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.opts.xattrs == XattrSupport::Off {
+            return reply.error(FErrno::ENOSYS);
+        }
         let mut r = self.ov.getxattr(Ino(ino.0), name.as_bytes());
         // Without SELinux on the host no file can get a label: answer like a
         // filesystem without labels, so that `ls -l` stops asking for one
@@ -967,6 +1006,9 @@ impl fuser::Filesystem for LayerFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.opts.xattrs == XattrSupport::Off {
+            return reply.error(FErrno::ENOSYS);
+        }
         reply_xattr(reply, size, self.ov.listxattr(Ino(ino.0)));
     }
 

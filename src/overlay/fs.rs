@@ -240,6 +240,9 @@ pub struct Overlay {
     pub(super) tracer: std::sync::OnceLock<super::trace::Tracer>,
     /// Bounding the node table (see `prune.rs`).
     pruning: Pruning,
+    /// Whether lookups follow `overlay.redirect` (`redirect_dir=nofollow`
+    /// does not).
+    follow_redirects: bool,
 }
 
 /// The state of node-table pruning.
@@ -326,6 +329,7 @@ impl Overlay {
                 peak: AtomicUsize::new(1),
                 ..Default::default()
             },
+            follow_redirects: opts.redirect_dir.follows(),
         })
     }
 
@@ -611,7 +615,10 @@ impl Overlay {
                 Err(e) if e == Errno::ENOTDIR || e.0 == libc::ELOOP => return Ok(Walk::Stop),
                 Err(e) => return Err(e),
             };
-            if !bottom && let Some(r) = read_redirect(sub.as_fd(), c".")? {
+            if !bottom
+                && self.follow_redirects
+                && let Some(r) = read_redirect(sub.as_fd(), c".")?
+            {
                 let cur = next.as_ref().map(|p| p.as_bytes()).unwrap_or(path);
                 // Count the end from the back: the prefix may have changed.
                 let at = cur.len() - (path.len() - end);
@@ -668,7 +675,7 @@ impl Overlay {
                 return Ok(facts);
             }
         }
-        if REDIRECT_XATTRS.iter().any(|x| has(x)) {
+        if self.follow_redirects && REDIRECT_XATTRS.iter().any(|x| has(x)) {
             facts.redirect = read_redirect(dirfd.as_fd(), name)?;
         }
         facts.opaque = self.has_opaque_marker(dirfd, name)?;

@@ -34,4 +34,6 @@ pub use idmap::IdMap;
 pub use layers::{Role, Stack, StackError};
 pub use prune::NodeLimit;
 pub use types::{Ino, InoScheme, LayerIdx};
-pub use write::{Caller, SetAttr, UpperOptions, WhiteoutMode};
+pub use write::{
+    Caller, Metacopy, RedirectDir, SetAttr, UpperOptions, WhiteoutMode, XattrNamespace,
+};

@@ -155,12 +155,65 @@ pub enum WhiteoutMode {
     File,
 }
 
+/// Renamed directories (kernel overlayfs's `redirect_dir=`): whether a
+/// rename of a directory that exists below records a redirect, and whether
+/// existing redirects are followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RedirectDir {
+    /// Such renames move the directory by redirect; redirects are followed.
+    #[default]
+    On,
+    /// Such renames are EXDEV (`mv` copies instead); existing redirects
+    /// are followed. The kernel's `off` is this with its default
+    /// `redirect_always_follow=Y`.
+    Follow,
+    /// Such renames are EXDEV and redirects are not followed: a renamed
+    /// directory shows only what its upper copy holds.
+    NoFollow,
+}
+
+impl RedirectDir {
+    pub fn creates(self) -> bool {
+        self == RedirectDir::On
+    }
+
+    pub fn follows(self) -> bool {
+        self != RedirectDir::NoFollow
+    }
+}
+
+/// Metadata-only copy-up (kernel overlayfs's `metacopy=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Metacopy {
+    /// chmod, chown, utimens and xattr changes of a lower file copy its
+    /// metadata only, where the upper layer can mark such a copy.
+    #[default]
+    On,
+    /// Every copy-up takes the data. Existing metadata-only copies are
+    /// still read as such.
+    Off,
+}
+
+/// Which xattr namespace holds the overlay's marks in the upper layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XattrNamespace {
+    /// `trusted.overlay.*` where the daemon may write it (root in the
+    /// initial namespace), else `user.overlay.*`.
+    #[default]
+    Auto,
+    /// Always `user.overlay.*` (kernel overlayfs's `userxattr`).
+    User,
+}
+
 /// Settings of the writable side.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UpperOptions {
     /// Skip fsync on copy-up and make fsync a no-op.
     pub volatile: bool,
     pub whiteout: WhiteoutMode,
+    pub redirect_dir: RedirectDir,
+    pub metacopy: Metacopy,
+    pub xattrs: XattrNamespace,
 }
 
 /// Who asks for a new object: it will be owned by them.
@@ -217,6 +270,9 @@ pub struct Upper {
     /// `overlay.metacopy`): its data is still read from the layer below.
     /// `None` when the upper layer takes no overlay xattrs.
     metacopy_xattr: Option<&'static CStr>,
+    /// Whether copy-ups may be metadata-only (existing ones are honoured
+    /// either way).
+    metacopy: Metacopy,
     chardev_whiteouts: bool,
     opaque: OpaqueMode,
     volatile: bool,
@@ -291,7 +347,9 @@ impl Upper {
         };
         sys::mkdirat(work.as_fd(), probe, 0o700)?;
         let path = sys::proc_fd_path(work.as_fd(), Some(probe));
-        let opaque = if sys::lsetxattr(&path, c"trusted.overlay.opaque", b"y", 0).is_ok() {
+        let trusted = opts.xattrs == XattrNamespace::Auto
+            && sys::lsetxattr(&path, c"trusted.overlay.opaque", b"y", 0).is_ok();
+        let opaque = if trusted {
             OpaqueMode::Xattr(c"trusted.overlay.opaque")
         } else if sys::lsetxattr(&path, c"user.overlay.opaque", b"y", 0).is_ok() {
             OpaqueMode::Xattr(c"user.overlay.opaque")
@@ -320,6 +378,7 @@ impl Upper {
             }
         };
         let redirect_xattr = match opaque {
+            _ if !opts.redirect_dir.creates() => None,
             OpaqueMode::Xattr(x) if x.to_bytes().starts_with(b"trusted.") => {
                 Some(c"trusted.overlay.redirect")
             }
@@ -341,6 +400,7 @@ impl Upper {
             nlink_xattr,
             redirect_xattr,
             metacopy_xattr,
+            metacopy: opts.metacopy,
             chardev_whiteouts,
             opaque,
             volatile: opts.volatile,
@@ -574,6 +634,7 @@ impl Overlay {
             && st.kind() == FileKind::Regular
             && st.size > 0
             && st.nlink <= 1
+            && up.metacopy == Metacopy::On
             && up.metacopy_xattr.is_some();
         match st.kind() {
             FileKind::Regular => {
