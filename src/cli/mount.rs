@@ -477,6 +477,7 @@ struct Live {
     max_inodes: crate::overlay::NodeLimit,
     state: state::Description,
     trace: Option<(PathBuf, std::fs::File)>,
+    on_disconnect: Arc<fuse::OnDisconnect>,
 }
 
 /// Mounts and answers the kernel's INIT. Starts no thread (the caller may
@@ -485,6 +486,7 @@ fn mount(p: Prepared) -> Result<Live, MountError> {
     let overlay = Arc::new(p.overlay);
     let max_inodes = p.fuse.max_inodes;
     let fs = LayerFs::new(overlay.clone(), p.fuse);
+    let on_disconnect = fs.on_disconnect();
     let session = fuse::mount(fs, &p.mountpoint, &p.spec).map_err(|cause| MountError::Mount {
         mountpoint: p.mountpoint.clone(),
         cause,
@@ -496,6 +498,7 @@ fn mount(p: Prepared) -> Result<Live, MountError> {
         max_inodes,
         state: p.state,
         trace: p.trace,
+        on_disconnect,
     })
 }
 
@@ -509,7 +512,9 @@ fn serve(live: Live, binding: Option<state::Binding>) -> Result<(), MountError> 
         max_inodes,
         state: desc,
         trace,
+        on_disconnect,
     } = live;
+    let tracing = trace.is_some();
     if let Some((path, file)) = trace {
         match Tracer::spawn(file, &path) {
             Ok(t) => drop(overlay.set_tracer(t)),
@@ -525,6 +530,21 @@ fn serve(live: Live, binding: Option<state::Binding>) -> Result<(), MountError> 
             .ok()
     });
     let files = published.as_ref().map(|g| g.0.clone());
+    // Once unmounted, the daemon's open layer directories keep their
+    // filesystems busy: a script that unmounts the upper filesystem right
+    // after the mount (the unionmount test suite, container tools cleaning
+    // up) gets EBUSY while the threads wind down one by one and the tables
+    // are freed. Exit from the first thread that sees the end instead,
+    // descriptors first. Not while tracing: the tracer flushes at the end.
+    if !tracing {
+        let files = files.clone();
+        on_disconnect.set(move || {
+            if let Some(f) = &files {
+                f.remove();
+            }
+            process::exit_closing_fds(0);
+        });
+    }
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.clone();
     let _ = std::thread::Builder::new()

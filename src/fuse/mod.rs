@@ -191,6 +191,21 @@ pub struct LayerFs {
     /// refuses to mix the two on one inode).
     plain_handles: DashMap<u64, Ino>,
     plain_opens: DashMap<Ino, u64>,
+    disconnect: Arc<OnDisconnect>,
+}
+
+/// What the daemon does as soon as one of its threads sees the kernel end
+/// the connection (unmount), before the other threads have stopped. Set at
+/// most once, by whoever runs the session; unset, the session winds down
+/// normally (every thread stops, then the filesystem is dropped).
+#[derive(Default)]
+pub struct OnDisconnect(std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>);
+
+impl OnDisconnect {
+    /// Sets the action; false when one was set already.
+    pub fn set(&self, f: impl Fn() + Send + Sync + 'static) -> bool {
+        self.0.set(Box::new(f)).is_ok()
+    }
 }
 
 impl LayerFs {
@@ -205,7 +220,14 @@ impl LayerFs {
             pt_handles: DashMap::new(),
             plain_handles: DashMap::new(),
             plain_opens: DashMap::new(),
+            disconnect: Arc::default(),
         }
+    }
+
+    /// The hook run when the connection ends (see [`OnDisconnect`]); take
+    /// it before the session takes the filesystem.
+    pub fn on_disconnect(&self) -> Arc<OnDisconnect> {
+        self.disconnect.clone()
     }
 }
 
@@ -511,6 +533,12 @@ impl fuser::Filesystem for LayerFs {
         info!("{connection}; entry/attr timeout {:?}", self.opts.timeout);
         self.ov.set_connection(connection);
         Ok(())
+    }
+
+    fn connection_ended(&self) {
+        if let Some(f) = self.disconnect.0.get() {
+            f();
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

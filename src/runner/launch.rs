@@ -11,7 +11,8 @@
 //! the loop's signalfd sees them); pid 1 has PR_SET_PDEATHSIG=SIGKILL, so a
 //! SIGKILL of this process takes the container with it, and the mount
 //! namespaces (and the FUSE connection, whose only fds are ours) go with
-//! their last process. Nothing here writes into the upper layer.
+//! their last process, which is a holder child ([`ns::NsHolder`]) that
+//! outlives this one. Nothing here writes into the upper layer.
 
 use std::ffi::CString;
 use std::fmt;
@@ -187,6 +188,14 @@ fn mount_stack(
         passthrough: sys::geteuid() == 0 && sys::in_initial_userns(),
         // Two readers start faster than four and serve one command well.
         threads: 2,
+        // Requests on /dev/fuse, not io_uring: this process is in the
+        // mount namespace of its mount, and a ring's in-flight request can
+        // keep the mount's teardown waiting forever when the ring's owner
+        // is the one tearing it down (seen: `kill -9` of a runner left it
+        // unkillable in fuse_wait_aborted, and `sync` then hangs on its
+        // superblock). The abort of a /dev/fuse connection ends every
+        // request in the kernel. The namespace holder covers the rest.
+        uring_threads: 0,
         ..FuseOptions::default()
     };
     let spec = MountSpec {
@@ -281,6 +290,10 @@ pub fn launch(l: Launch, started: impl FnOnce()) -> Result<Ended, LaunchError> {
     sys::raise_nofile_limit();
     // Before any thread: only our signalfd sees signals from now on.
     ns::block_all_signals();
+    // Last out of the mount namespace when this process is killed, so
+    // that the FUSE mount's teardown cannot wait on this process's own
+    // exit (see NsHolder).
+    let holder = ns::NsHolder::spawn().map_err(setup_err("fork the namespace holder"))?;
     debug!("mount namespace ready");
     let (root, session) = match &l.rootfs {
         Rootfs::Stack {
@@ -353,6 +366,7 @@ pub fn launch(l: Launch, started: impl FnOnce()) -> Result<Ended, LaunchError> {
         let _ = s.umount_and_join();
         debug!("unmounted");
     }
+    holder.release();
     let code = spec::exit_code(status);
     let message = msg
         .lines()

@@ -119,6 +119,86 @@ pub fn set_parent_death_signal(sig: i32) -> SysResult<()> {
     Ok(())
 }
 
+/// A child process that only keeps the caller's namespaces alive, until
+/// [`NsHolder::release`] or the caller's death (its pipe's write end is the
+/// caller's only tie to it).
+///
+/// Why: the last process of a mount namespace unmounts what is in it as
+/// part of its exit, after its descriptors were let go but before their
+/// release has run. When that process also serves a FUSE mount of the
+/// namespace over io_uring and a request was in flight, the unmount waits
+/// for the request, whose end needs the ring's release queued behind it:
+/// the process never finishes exiting (seen on 6.18 with `kill -9` of a
+/// container runner). With the holder last, the server's exit completes
+/// first and the holder's unmount finds nothing in flight.
+#[derive(Debug)]
+pub struct NsHolder {
+    pid: libc::pid_t,
+    release: Option<OwnedFd>,
+}
+
+impl NsHolder {
+    /// Forks the holder. Call before any thread starts and before the
+    /// descriptors it must not keep open are made (it closes all it
+    /// inherits anyway).
+    pub fn spawn() -> SysResult<NsHolder> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two descriptors.
+        check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+        // SAFETY: single-threaded caller (see above); the child only makes
+        // system calls and `_exit`s.
+        match unsafe { libc::fork() } {
+            -1 => {
+                let e = Errno::last();
+                // SAFETY: both fds are ours.
+                unsafe {
+                    libc::close(fds[0]);
+                    libc::close(fds[1]);
+                }
+                Err(e)
+            }
+            0 => {
+                // SAFETY: plain system calls on our own descriptors.
+                unsafe {
+                    if fds[0] != 0 {
+                        libc::dup2(fds[0], 0);
+                    }
+                    libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
+                    libc::prctl(libc::PR_SET_NAME, c"layerfs-ns".as_ptr(), 0, 0, 0);
+                    // Out of the caller's process group: `kill -9 -PGID`
+                    // reaches the caller only, and the holder stays last.
+                    libc::setsid();
+                    let mut b = 0u8;
+                    while libc::read(0, (&raw mut b).cast(), 1) < 0
+                        && Errno::last().0 == libc::EINTR
+                    {}
+                    libc::_exit(0)
+                }
+            }
+            pid => {
+                // SAFETY: the read end is the child's now; the write end is
+                // fresh and owned here.
+                unsafe { libc::close(fds[0]) };
+                let release = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+                Ok(NsHolder {
+                    pid,
+                    release: Some(release),
+                })
+            }
+        }
+    }
+
+    /// Lets the holder exit and reaps it.
+    pub fn release(mut self) {
+        drop(self.release.take());
+        let mut status = 0;
+        // SAFETY: valid out pointer; our own child.
+        while unsafe { libc::waitpid(self.pid, &mut status, 0) } < 0
+            && Errno::last().0 == libc::EINTR
+        {}
+    }
+}
+
 /// Which side of [`fork`] we are on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fork {
@@ -705,6 +785,25 @@ pub fn getrandom(buf: &mut [u8]) -> SysResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The holder lives, under its own name, until released, and is reaped then.
+    #[test]
+    fn namespace_holder_lives_until_released() {
+        let h = NsHolder::spawn().unwrap();
+        let pid = h.pid;
+        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        for _ in 0..200 {
+            if comm().trim() == "layerfs-ns" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(comm().trim(), "layerfs-ns");
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        assert!(!state.contains(") Z"), "holder ended early: {state}");
+        h.release();
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
 
     #[test]
     fn wait_status_decoding() {

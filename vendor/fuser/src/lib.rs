@@ -410,6 +410,12 @@ pub trait Filesystem: Send + Sync + 'static {
     /// Called on filesystem exit.
     fn destroy(&mut self) {}
 
+    /// Called by each serving thread (/dev/fuse reader or io_uring queue)
+    /// that sees the kernel end the connection (unmount, abort), before it
+    /// stops. Other threads may still be serving; `destroy` comes later,
+    /// once every thread has stopped.
+    fn connection_ended(&self) {}
+
     /// Look up a directory entry by name and get its attributes.
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         warn!("[Not Implemented] lookup(parent: {parent:#x?}, name {name:?})");

@@ -86,6 +86,13 @@ pub(crate) struct FilesystemHolder<FS: Filesystem> {
 }
 
 impl<FS: Filesystem> FilesystemHolder<FS> {
+    /// Tells the filesystem that this thread saw the kernel end the connection.
+    pub(crate) fn connection_ended(&self) {
+        if let Some(fs) = &self.fs {
+            fs.connection_ended();
+        }
+    }
+
     fn destroy(&mut self) {
         if let Some(mut fs) = self.fs.take() {
             fs.destroy();
@@ -595,7 +602,10 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                         ));
                     }
                 },
-                Err(nix::errno::Errno::ENODEV) => return Ok(()),
+                Err(nix::errno::Errno::ENODEV) => {
+                    self.filesystem.connection_ended();
+                    return Ok(());
+                }
                 Err(err) => return Err(err.into()),
             }
         }

@@ -435,7 +435,10 @@ pub(crate) fn serve<FS: Filesystem>(
         next = slot.sqe(dev_fd, CMD_COMMIT_AND_FETCH, commit_id, qid);
     };
     match stop {
-        Ok(Stop::Disconnected) => Ok(()),
+        Ok(Stop::Disconnected) => {
+            ev.filesystem.connection_ended();
+            Ok(())
+        }
         Ok(Stop::Refused(e)) => {
             if qid == 0 {
                 info!("io_uring registration refused ({e}): requests stay on /dev/fuse");
