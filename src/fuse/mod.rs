@@ -535,6 +535,15 @@ impl fuser::Filesystem for LayerFs {
         Ok(())
     }
 
+    fn uring_unused(&self, why: &str) {
+        let transport = format!(
+            "/dev/fuse, {} threads (io_uring {why})",
+            self.opts.threads.max(1)
+        );
+        self.ov
+            .set_connection(format!("{}; requests through {transport}", self.mode));
+    }
+
     fn connection_ended(&self) {
         if let Some(f) = self.disconnect.0.get() {
             f();

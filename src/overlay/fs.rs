@@ -231,7 +231,7 @@ pub struct Overlay {
     kernel_writeback: AtomicBool,
     /// How the kernel talks to this mount, in words, for `layerfs stats`
     /// (set once by the FUSE adapter when the kernel connects).
-    connection: std::sync::OnceLock<String>,
+    connection: Mutex<Option<String>>,
     /// The writable side; `None` for a read-only mount.
     pub(super) upper: Option<super::write::Upper>,
     /// Counters for `layerfs stats` (see `stats.rs`).
@@ -320,7 +320,7 @@ impl Overlay {
             origins: DashMap::new(),
             orphans: DashMap::new(),
             kernel_writeback: AtomicBool::new(false),
-            connection: std::sync::OnceLock::new(),
+            connection: Mutex::new(None),
             upper,
             counters: Default::default(),
             tracer: std::sync::OnceLock::new(),
@@ -410,13 +410,16 @@ impl Overlay {
     }
 
     /// Records how the kernel talks to the mount (cache mode, request
-    /// transport), shown by `layerfs stats`; the first call wins.
+    /// transport), shown by `layerfs stats`; the last call wins (the
+    /// transport can change once after INIT, see `uring_unused`).
     pub fn set_connection(&self, words: String) {
-        let _ = self.connection.set(words);
+        if let Ok(mut c) = self.connection.lock() {
+            *c = Some(words);
+        }
     }
 
     pub(super) fn connection(&self) -> Option<String> {
-        self.connection.get().cloned()
+        self.connection.lock().ok().and_then(|c| c.clone())
     }
 
     /// The flags a layer file is opened with for an open with `flags`. With

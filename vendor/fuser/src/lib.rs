@@ -416,6 +416,11 @@ pub trait Filesystem: Send + Sync + 'static {
     /// once every thread has stopped.
     fn connection_ended(&self) {}
 
+    /// Called once when the kernel agreed to FUSE over io_uring but no queue
+    /// serves it (too many CPUs for the thread budget, registration
+    /// refused): requests stay on /dev/fuse. `why` says which, in words.
+    fn uring_unused(&self, _why: &str) {}
+
     /// Look up a directory entry by name and get its attributes.
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         warn!("[Not Implemented] lookup(parent: {parent:#x?}, name {name:?})");

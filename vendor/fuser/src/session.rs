@@ -93,6 +93,13 @@ impl<FS: Filesystem> FilesystemHolder<FS> {
         }
     }
 
+    /// Tells the filesystem that io_uring was agreed but serves nothing.
+    pub(crate) fn uring_unused(&self, why: &str) {
+        if let Some(fs) = &self.fs {
+            fs.uring_unused(why);
+        }
+    }
+
     fn destroy(&mut self) {
         if let Some(mut fs) = self.fs.take() {
             fs.destroy();
@@ -315,6 +322,7 @@ impl<FS: Filesystem> Session<FS> {
                     "FUSE over io_uring not used: {queues} possible CPUs x {per_queue} threads is over {}",
                     crate::uring::MAX_THREADS
                 );
+                filesystem.uring_unused("not used: too many CPUs");
             } else {
                 for qid in 0..queues {
                     let qid = u16::try_from(qid).map_err(io::Error::other)?;

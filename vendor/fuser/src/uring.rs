@@ -442,6 +442,7 @@ pub(crate) fn serve<FS: Filesystem>(
         Ok(Stop::Refused(e)) => {
             if qid == 0 {
                 info!("io_uring registration refused ({e}): requests stay on /dev/fuse");
+                ev.filesystem.uring_unused(&format!("refused: {e}"));
             }
             // Nothing registered: the kernel holds no pointer into the slot.
             Ok(())
