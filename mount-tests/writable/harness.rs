@@ -4,6 +4,9 @@
 //!
 //! Environment (besides common's):
 //! - `LAYERFS_TEST_OPTS=a,b`: extra `-o` options for every layerfs mount (`writeback=on`).
+//! - `LAYERFS_KERNEL_OPTS=a,b`: the kernel overlayfs options in place of the default
+//!   `redirect_dir=on` (`userxattr` rootless), e.g. `redirect_dir=off` against layerfs with
+//!   `LAYERFS_TEST_OPTS=redirect_dir=off`.
 //! - `LAYERFS_WT_SELFTEST=1`: mount kernel overlayfs on BOTH sides (validates the tests
 //!   themselves; layerfs-only checks and the crash test are skipped).
 #![allow(dead_code)]
@@ -184,6 +187,12 @@ pub fn mount_kernel(
     upper_work: Option<(&Path, &Path)>,
     target: &Path,
 ) -> Result<Mnt, String> {
+    if let Ok(o) = std::env::var("LAYERFS_KERNEL_OPTS")
+        && !o.is_empty()
+    {
+        let extra: Vec<&str> = o.split(',').collect();
+        return mount_kernel_opts(lowers, upper_work, target, &extra);
+    }
     if rootless() {
         // In a user namespace the kernel takes its xattrs from user.overlay.* and has no
         // redirects (they need trusted xattrs).
