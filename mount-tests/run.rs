@@ -125,6 +125,29 @@ fn kill(child: &Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
+/// Waits up to `secs` for `child`; past that, fails with where its threads are stuck in the
+/// kernel, so that a hang shows as a failure rather than a test run that never ends.
+fn wait_bounded(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let mut stacks = String::new();
+            let tasks = format!("/proc/{}/task", child.id());
+            for t in fs::read_dir(&tasks).into_iter().flatten().flatten() {
+                let p = t.path();
+                let comm = fs::read_to_string(p.join("comm")).unwrap_or_default();
+                let stack = fs::read_to_string(p.join("stack")).unwrap_or_default();
+                stacks.push_str(&format!("{} {}{stack}\n", p.display(), comm));
+            }
+            panic!("pid {} still running after {secs} s:\n{stacks}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Pids of processes whose command line contains `needle`.
 fn processes_with(needle: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -529,7 +552,7 @@ fn kill_9_of_the_runner_leaves_nothing_running() {
     let mounts_before = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!processes_with(&marker).is_empty());
     kill(&child, libc::SIGKILL);
-    child.wait().unwrap();
+    wait_bounded(&mut child, 30);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !processes_with(&marker).is_empty() {
         assert!(
