@@ -250,7 +250,11 @@ fn run_image(args: RunArgs, store: &Store) -> i32 {
         Err(e) => return fail(e),
     };
     log::debug!("user namespace entered: {mapping:?}");
-    let rec = Record {
+    let naming = match args.name {
+        Some(_) => record::Naming::Given,
+        None => record::Naming::Generated,
+    };
+    let mut rec = Record {
         name: args
             .name
             .clone()
@@ -270,7 +274,7 @@ fn run_image(args: RunArgs, store: &Store) -> i32 {
         status: Status::Created,
         exit_code: None,
     };
-    let c = match record::create(store, &rec, &etc_files(&hostname)) {
+    let c = match record::create(store, &mut rec, &etc_files(&hostname), naming) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

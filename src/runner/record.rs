@@ -344,16 +344,49 @@ pub struct EtcFiles {
     pub resolv_conf: Vec<u8>,
 }
 
+/// Whose the name of a new container is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// The user's (`--name`): taken as is, or refused when in use.
+    Given,
+    /// Made up ([`default_name`]): when in use, the first free of
+    /// `NAME_2`, `NAME_3`, ... is taken instead (there are only a few
+    /// hundred made-up names, so kept containers make clashes likely).
+    Generated,
+}
+
 /// Creates a container directory for `record` (its `id` and `name` set by
-/// the caller), checking under the store lock that the name is free. On
-/// error nothing is left behind.
-pub fn create(store: &Store, record: &Record, etc: &EtcFiles) -> Result<Container, RecordError> {
+/// the caller), checking under the store lock that the name is free (with
+/// [`Naming::Generated`], `record.name` becomes a free variant). On error
+/// nothing is left behind.
+pub fn create(
+    store: &Store,
+    record: &mut Record,
+    etc: &EtcFiles,
+    naming: Naming,
+) -> Result<Container, RecordError> {
     let lock = store.lock().map_err(RecordError::Store)?;
-    if let Some((_, other)) = list(store).into_iter().find(|(_, r)| r.name == record.name) {
-        return Err(RecordError::NameInUse {
-            name: record.name.clone(),
-            id: other.id,
-        });
+    let taken: Vec<(String, String)> = list(store)
+        .into_iter()
+        .map(|(_, r)| (r.name, r.id))
+        .collect();
+    let in_use = |n: &str| taken.iter().find(|(name, _)| name == n).map(|(_, id)| id);
+    if let Some(id) = in_use(&record.name) {
+        match naming {
+            Naming::Given => {
+                return Err(RecordError::NameInUse {
+                    name: record.name.clone(),
+                    id: id.clone(),
+                });
+            }
+            Naming::Generated => {
+                let base = record.name.clone();
+                record.name = (2..)
+                    .map(|k| format!("{base}_{k}"))
+                    .find(|n| in_use(n).is_none())
+                    .unwrap_or(base);
+            }
+        }
     }
     let base = containers_dir(store);
     fs::create_dir_all(&base).map_err(io_err("create", &base))?;
@@ -443,12 +476,19 @@ mod tests {
             hostname: "h\n".into(),
             resolv_conf: vec![],
         };
-        let a = create(&store, &rec("aaaa1", "one"), &etc).unwrap();
-        create(&store, &rec("aaaa2", "two"), &etc).unwrap();
+        let a = create(&store, &mut rec("aaaa1", "one"), &etc, Naming::Given).unwrap();
+        create(&store, &mut rec("aaaa2", "two"), &etc, Naming::Given).unwrap();
         assert!(matches!(
-            create(&store, &rec("bbbb", "one"), &etc),
+            create(&store, &mut rec("bbbb", "one"), &etc, Naming::Given),
             Err(RecordError::NameInUse { .. })
         ));
+        // A made-up name that clashes becomes the first free variant.
+        for (id, want) in [("cccc1", "one_2"), ("cccc2", "one_3")] {
+            let mut r = rec(id, "one");
+            create(&store, &mut r, &etc, Naming::Generated).unwrap();
+            assert_eq!(r.name, want);
+            assert_eq!(find(&store, want).unwrap().1.id, id);
+        }
         assert!(!store.root().join("containers/bbbb").exists());
         assert!(a.upper().is_dir() && a.init().join("etc/hosts").is_file());
         assert_eq!(find(&store, "one").unwrap().1.id, "aaaa1");
