@@ -1461,6 +1461,22 @@ fn drop_in_options_do_what_they_say() {
     rename2(&m.join("d"), &m.join("e"), 0).expect("rename d e (redirect_dir=on by default)");
     assert_eq!(read_path(&m.join("e/x")).expect("read e/x"), b"x".to_vec());
     assert!(lgetxattr(&upper.join("e"), "user.overlay.redirect").is_ok());
+    let mut mnt = fx.fmnt.take().expect("mount");
+    mnt.unmount().expect("unmount");
+    fx.fmnt = Some(
+        mount_layerfs(
+            &layers,
+            Some((&upper, &work)),
+            &target,
+            &["redirect_dir=nofollow"],
+        )
+        .expect("remount nofollow"),
+    );
+    assert_eq!(lstat(&m.join("e")).map(|_| ()), Err(libc::EPERM));
+    assert_eq!(
+        read_path(&m.join("f")).expect("read f"),
+        b"lower data".to_vec()
+    );
 }
 
 /// A writable mount of one lower layer holding `f` ("lower"), its daemon in

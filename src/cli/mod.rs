@@ -76,7 +76,8 @@ MOUNT OPTIONS:
                           on (default) moves it by an overlay.redirect xattr,
                           as kernel overlayfs with redirect_dir=on; follow and
                           off refuse it with EXDEV (mv then copies), still
-                          following existing redirects; nofollow ignores them
+                          following existing redirects; with nofollow a
+                          renamed directory cannot be looked up (EPERM)
   metacopy=on|off         chmod/chown/touch of a lower file copies its metadata
                           only, the data on first write (on, default); off
                           copies the data at once

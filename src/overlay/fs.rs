@@ -230,7 +230,8 @@ pub struct Overlay {
     /// files opened write-only and places appends itself.
     kernel_writeback: AtomicBool,
     /// How the kernel talks to this mount, in words, for `layerfs stats`
-    /// (set once by the FUSE adapter when the kernel connects).
+    /// (set by the FUSE adapter when the kernel connects, and again if the
+    /// io_uring queues it agreed to end up unused).
     connection: Mutex<Option<String>>,
     /// The writable side; `None` for a read-only mount.
     pub(super) upper: Option<super::write::Upper>,
@@ -678,7 +679,16 @@ impl Overlay {
                 return Ok(facts);
             }
         }
-        if self.follow_redirects && REDIRECT_XATTRS.iter().any(|x| has(x)) {
+        if REDIRECT_XATTRS.iter().any(|x| has(x)) {
+            if !self.follow_redirects {
+                // As kernel overlayfs with redirect_dir=nofollow: a renamed
+                // directory is not merged with what is at its new name below.
+                log::warn!(
+                    "refusing to follow the redirect of {}",
+                    sys::proc_fd_path(dirfd.as_fd(), Some(name)).to_string_lossy()
+                );
+                return Err(Errno::EPERM);
+            }
             facts.redirect = read_redirect(dirfd.as_fd(), name)?;
         }
         facts.opaque = self.has_opaque_marker(dirfd, name)?;

@@ -167,8 +167,8 @@ pub enum RedirectDir {
     /// are followed. The kernel's `off` is this with its default
     /// `redirect_always_follow=Y`.
     Follow,
-    /// Such renames are EXDEV and redirects are not followed: a renamed
-    /// directory shows only what its upper copy holds.
+    /// Such renames are EXDEV and redirects are not followed: looking up
+    /// a directory that has one is EPERM, as on the kernel.
     NoFollow,
 }
 
