@@ -1,7 +1,8 @@
 //! Parsing of mount options (`-o a,b=c`) and of the fuse-overlayfs-compatible
 //! command line, separated from any I/O and tested table-driven.
 //!
-//! Grammar: options are separated by `,`; `\,` is a literal comma. In
+//! Grammar: options are separated by `,`; `\,` is a literal comma, and a
+//! double-quoted part keeps its commas (and its quotes). In
 //! `lowerdir=` the layers are separated by `:`; `\:` is a literal colon and
 //! `\\` a literal backslash. An option layerfs does not know is an error that
 //! names it; options fuse-overlayfs has that layerfs does not implement yet are
