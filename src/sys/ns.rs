@@ -1,5 +1,6 @@
 //! System calls of the rootless runner: namespaces, mounts, `pivot_root`,
-//! identities, signals, terminals and `execve`.
+//! identities, signals, terminals and `execve`, and the process that holds
+//! a mount namespace for the runner ([`NsHolder`]).
 //!
 //! Owns only thin wrappers: each takes C strings or borrowed fds, returns
 //! plain values or an [`Errno`], and knows nothing about containers (the

@@ -164,7 +164,8 @@ pub fn keep_fd(f: &File) -> i32 {
 /// Ends the process at once with `code`: closes every descriptor above
 /// stdio first (so that what they hold, such as the layer directories of a
 /// mount, is let go before the address space is torn down), then `_exit`,
-/// which runs no destructors, atexit handlers or buffered flushes.
+/// which runs no destructors, atexit handlers or buffered flushes. Safe to
+/// call from any thread, also from several at once.
 pub fn exit_closing_fds(code: i32) -> ! {
     // SAFETY: close_range takes no pointers; a failure leaves the
     // descriptors to _exit, which closes them too.
