@@ -1052,6 +1052,30 @@ fn cli_errors() {
         Err(e) => failures.push(format!("missing lowerdir: {e}")),
     }
 
+    // Work directory inside the upper directory (layerfs only; kernel overlayfs refuses it too:
+    // the work files would show in the merged view).
+    if !common::is_fuse_overlayfs() {
+        let upper = base.join("upper");
+        let work = upper.join("work");
+        fs::create_dir_all(&work).unwrap();
+        let opts = format!(
+            "{lower},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        );
+        match expect_cli_failure(
+            &[OsStr::new("-o"), OsStr::new(&opts), mnt.as_os_str()],
+            &mnt,
+        ) {
+            Ok(out) if !out.stderr.contains("separate subtrees") => failures.push(format!(
+                "workdir inside upperdir: message does not say so: {}",
+                out.stderr
+            )),
+            Ok(_) => {}
+            Err(e) => failures.push(format!("workdir inside upperdir: {e}")),
+        }
+    }
+
     // Mount point inside a layer (layerfs only: fuse-overlayfs accepts this).
     if common::is_fuse_overlayfs() {
         eprintln!("skipping mountpoint-inside-layer check for fuse-overlayfs");

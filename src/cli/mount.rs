@@ -114,6 +114,18 @@ pub enum MountError {
         path: PathBuf,
     },
     Overlap(Overlap),
+    /// The work directory inside the upper one or the other way round:
+    /// the work files would show in the merged view, or the upper layer
+    /// in the work directory (kernel overlayfs refuses it the same way).
+    UpperWorkNested {
+        upper: PathBuf,
+        work: PathBuf,
+    },
+    /// Copy-up renames from the work directory into the upper one.
+    UpperWorkDevices {
+        upper: PathBuf,
+        work: PathBuf,
+    },
     Stack(StackError),
     Mount {
         mountpoint: PathBuf,
@@ -143,6 +155,18 @@ impl fmt::Display for MountError {
                 write!(f, "{what} {} is not a directory", path.display())
             }
             MountError::Overlap(o) => o.fmt(f),
+            MountError::UpperWorkNested { upper, work } => write!(
+                f,
+                "upper directory {} and work directory {} must be separate subtrees (neither inside the other)",
+                upper.display(),
+                work.display()
+            ),
+            MountError::UpperWorkDevices { upper, work } => write!(
+                f,
+                "work directory {} must be on the same filesystem as upper directory {} (copy-up renames from one into the other)",
+                work.display(),
+                upper.display()
+            ),
             MountError::Stack(e) => e.fmt(f),
             MountError::Mount { mountpoint, cause } => {
                 write!(f, "cannot mount on {}: {cause}", mountpoint.display())
@@ -213,6 +237,30 @@ fn prepare(req: &MountRequest) -> Result<Prepared, MountError> {
         dirs.push(("work directory", w));
     }
     layers::check_overlap(&mountpoint, &dirs).map_err(MountError::Overlap)?;
+    if let Some((u, w)) = &upper {
+        let nested = || MountError::UpperWorkNested {
+            upper: u.clone(),
+            work: w.clone(),
+        };
+        if layers::contains(u, w) || layers::contains(w, u) {
+            return Err(nested());
+        }
+        let dev = |what, p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+                .map_err(|cause| MountError::Path {
+                    what,
+                    path: p.to_path_buf(),
+                    cause,
+                })
+        };
+        if dev("upper directory", u)? != dev("work directory", w)? {
+            return Err(MountError::UpperWorkDevices {
+                upper: u.clone(),
+                work: w.clone(),
+            });
+        }
+    }
     let trace_path = o
         .trace
         .clone()
