@@ -1603,7 +1603,14 @@ fn io_uring_queues_serve_requests_and_end_with_the_mount() {
         }
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let queues = threads_named(fm.child.id(), "fuser-q");
+    // The mount is live before the daemon has started all its threads.
+    let pid = fm.child.id();
+    if enabled {
+        wait_until(std::time::Duration::from_secs(5), || {
+            threads_named(pid, "fuser-q") >= cpus
+        });
+    }
+    let queues = threads_named(pid, "fuser-q");
     if enabled {
         check(
             "a queue thread per CPU",
