@@ -36,7 +36,9 @@ pub struct CommitArgs {
     /// ENV, WORKDIR, USER, LABEL or EXPOSE (repeatable).
     #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
     pub changes: Vec<String>,
+    /// The stopped container, by name or ID or ID prefix.
     pub container: String,
+    /// Name for the new image (without one it is known by its ID only).
     #[arg(value_name = "REPO[:TAG]")]
     pub reference: Option<String>,
 }

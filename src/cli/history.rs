@@ -13,6 +13,7 @@ pub struct HistoryArgs {
     /// Do not truncate CREATED BY.
     #[arg(long)]
     pub no_trunc: bool,
+    /// The image: a name (REPO[:TAG]) or an ID or ID prefix.
     pub image: String,
 }
 

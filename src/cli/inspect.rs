@@ -9,6 +9,7 @@ use crate::store::{Image, Store};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
+    /// Images by name (REPO[:TAG]) or ID or ID prefix.
     #[arg(required = true)]
     pub images: Vec<String>,
 }

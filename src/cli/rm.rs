@@ -14,6 +14,7 @@ pub struct RmArgs {
     /// Kill a running container first.
     #[arg(short, long)]
     pub force: bool,
+    /// Containers by name or ID or ID prefix.
     #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }

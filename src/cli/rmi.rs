@@ -12,6 +12,8 @@ pub struct RmiArgs {
     /// Remove even when a container uses the image or it has several tags.
     #[arg(short, long)]
     pub force: bool,
+    /// Images by name (REPO[:TAG]: that name goes, the image with its last
+    /// name) or by ID or ID prefix (the image goes).
     #[arg(required = true)]
     pub images: Vec<String>,
 }

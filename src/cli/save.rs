@@ -17,6 +17,7 @@ pub struct SaveArgs {
     /// Write to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Images by name (REPO[:TAG]) or ID or ID prefix.
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
 }

@@ -8,8 +8,10 @@ use crate::store::reference::Reference;
 
 #[derive(Args, Debug)]
 pub struct TagArgs {
+    /// The image to name: a name or an ID or ID prefix.
     #[arg(value_name = "SOURCE_IMAGE[:TAG]")]
     pub source: String,
+    /// The new name (TAG defaults to latest).
     #[arg(value_name = "TARGET_IMAGE[:TAG]")]
     pub target: String,
 }
