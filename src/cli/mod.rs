@@ -62,8 +62,11 @@ MOUNT OPTIONS:
                           when there is no passthrough, e.g. rootless): writes
                           are cached and sent in big batches; on also gives
                           up passthrough for it
-  readdirplus=on|off      attributes with listings (off): on saves a LOOKUP per
-                          entry for ls -l, but reads every inode even for find
+  readdirplus=auto|on|off attributes with directory listings: they save a
+                          LOOKUP per entry for ls -l or git status, but cost
+                          find and os.walk an inode per entry; auto (default)
+                          sends them while the names listed get looked up,
+                          on lets the kernel choose, off never
   max_inodes=N            inodes the daemon keeps in memory (200000, about
                           40 MiB): near it, the kernel is asked to forget
                           the least recently used ones it is not using

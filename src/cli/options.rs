@@ -12,7 +12,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-pub use crate::fuse::{DirNlink, XattrSupport};
+pub use crate::fuse::{DirNlink, ReaddirPlus, XattrSupport};
 use crate::overlay::idmap::{IdRange, IdRanges};
 pub use crate::overlay::{Metacopy, RedirectDir, WhiteoutMode, XattrNamespace};
 
@@ -51,7 +51,7 @@ pub struct MountOptions {
     pub passthrough: Option<bool>,
     /// `writeback=`: the kernel's writeback cache (`None`: automatic).
     pub writeback: Option<bool>,
-    pub readdirplus: Option<bool>,
+    pub readdirplus: Option<ReaddirPlus>,
     /// `max_inodes=N`: inodes the daemon keeps (0: no bound).
     pub max_inodes: Option<usize>,
     /// `static_nlink`: nlink 1 for every directory.
@@ -437,7 +437,20 @@ impl MountOptions {
                 Ok(())
             }
             ("readdirplus", Some(v)) => {
-                self.readdirplus = Some(parse_bool(key, v)?);
+                self.readdirplus = Some(match v {
+                    "auto" => ReaddirPlus::Auto,
+                    _ => match parse_bool(key, v) {
+                        Ok(true) => ReaddirPlus::On,
+                        Ok(false) => ReaddirPlus::Off,
+                        Err(_) => {
+                            return Err(OptionError::BadValue {
+                                option: key.into(),
+                                value: v.into(),
+                                expected: "auto, on or off",
+                            });
+                        }
+                    },
+                });
                 Ok(())
             }
             ("max_inodes", Some(v)) => {

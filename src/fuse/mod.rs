@@ -29,7 +29,9 @@
 //! per inode with an open count in `backing`. The map entry's guard is held
 //! across the backing ioctl, which does not block.
 
+mod plus;
 mod prune;
+pub use plus::ReaddirPlus;
 
 use std::ffi::OsStr;
 use std::io;
@@ -69,8 +71,8 @@ pub struct FuseOptions {
     pub threads: usize,
     /// Threads per CPU queue for FUSE over io_uring; 0: /dev/fuse only.
     pub uring_threads: usize,
-    /// Answer READDIRPLUS (attributes with listings).
-    pub readdirplus: bool,
+    /// When listings carry attributes (see `plus.rs`).
+    pub readdirplus: ReaddirPlus,
     /// SELinux is enabled on this host (files may carry labels).
     pub selinux: bool,
     /// Ownership translation (`uidmapping=`, `squash_*`).
@@ -112,7 +114,7 @@ impl Default for FuseOptions {
             writeback: None,
             threads: default_threads(),
             uring_threads: DEFAULT_URING_THREADS,
-            readdirplus: false,
+            readdirplus: ReaddirPlus::Auto,
             selinux: std::path::Path::new("/sys/fs/selinux/enforce").exists(),
             idmap: IdMap::default(),
             max_inodes: NodeLimit::DEFAULT,
@@ -192,6 +194,8 @@ pub struct LayerFs {
     plain_handles: DashMap<u64, Ino>,
     plain_opens: DashMap<Ino, u64>,
     disconnect: Arc<OnDisconnect>,
+    /// Whether a listing carries attributes, with `ReaddirPlus::Auto`.
+    plus: plus::PlusGate,
 }
 
 /// What the daemon does as soon as one of its threads sees the kernel end
@@ -221,6 +225,7 @@ impl LayerFs {
             plain_handles: DashMap::new(),
             plain_opens: DashMap::new(),
             disconnect: Arc::default(),
+            plus: plus::PlusGate::default(),
         }
     }
 
@@ -364,6 +369,39 @@ impl LayerFs {
         self.ov.readdir_listing(Ino(ino.0), offset)
     }
 
+    /// A READDIRPLUS answer without attributes: each entry as READDIR would
+    /// give it (name, inode number, type); the kernel makes no dentries.
+    fn names_only(&self, listing: Listing, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let mut files = 0;
+        for (i, item) in listing.iter().enumerate().skip(offset as usize) {
+            let attr = FileAttr {
+                ino: INodeNo(item.ino.0),
+                size: 0,
+                blocks: 0,
+                atime: UNIX_EPOCH,
+                mtime: UNIX_EPOCH,
+                ctime: UNIX_EPOCH,
+                crtime: UNIX_EPOCH,
+                kind: file_type(item.kind),
+                perm: 0,
+                nlink: 0,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                blksize: 0,
+                flags: 0,
+            };
+            if reply.add_name_only(i as u64 + 1, OsStr::from_bytes(&item.name), &attr) {
+                break;
+            }
+            if item.kind != FileKind::Dir {
+                files += 1;
+            }
+        }
+        self.plus.listed(files);
+        reply.ok();
+    }
+
     /// Serves handle `fh` of `ino` through the daemon on a passthrough mount.
     fn open_plain(&self, ino: Ino, fh: u64) {
         *self.plain_opens.entry(ino).or_insert(0) += 1;
@@ -460,17 +498,24 @@ impl fuser::Filesystem for LayerFs {
                 info!("kernel does not offer {what}");
             }
         }
-        if self.opts.readdirplus {
-            // Listings carry attributes: no LOOKUP per entry for ls -l, but
-            // every entry's inode is read even when the reader (find) only
-            // needs names.
-            for flag in [
+        // Listings with attributes save a LOOKUP per entry for ls -l, but
+        // read every entry's inode even when the reader (find) only needs
+        // names: `On` leaves the choice to the kernel (READDIRPLUS_AUTO),
+        // `Auto` asks for READDIRPLUS always and decides per request.
+        let plus_flags: &[InitFlags] = match self.opts.readdirplus {
+            ReaddirPlus::Off => &[],
+            ReaddirPlus::On => &[
                 InitFlags::FUSE_DO_READDIRPLUS,
                 InitFlags::FUSE_READDIRPLUS_AUTO,
-            ] {
-                if config.add_capabilities(flag).is_err() {
-                    info!("kernel does not offer {flag:?}");
-                }
+            ],
+            ReaddirPlus::Auto => &[
+                InitFlags::FUSE_DO_READDIRPLUS,
+                InitFlags::FUSE_READDIRPLUS_AUTO,
+            ],
+        };
+        for &flag in plus_flags {
+            if config.add_capabilities(flag).is_err() {
+                info!("kernel does not offer {flag:?}");
             }
         }
         // Passthrough where allowed (root in the initial user namespace,
@@ -552,10 +597,12 @@ impl fuser::Filesystem for LayerFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = self.ov.lookup(Ino(parent.0), name.as_bytes());
-        if let Err(e) = &r
-            && *e != Errno::ENOENT
-        {
-            debug!("lookup {parent:?}/{name:?}: {e}");
+        match &r {
+            Ok(st) if self.opts.readdirplus == ReaddirPlus::Auto && st.kind() != FileKind::Dir => {
+                self.plus.looked_up()
+            }
+            Err(e) if *e != Errno::ENOENT => debug!("lookup {parent:?}/{name:?}: {e}"),
+            _ => {}
         }
         self.reply_entry(reply, r);
     }
@@ -685,6 +732,13 @@ impl fuser::Filesystem for LayerFs {
             Err(e) => return reply.error(ferr(e)),
         };
         let dir = Ino(ino.0);
+        let attributes = match self.opts.readdirplus {
+            ReaddirPlus::Auto => self.plus.with_attributes(),
+            ReaddirPlus::On | ReaddirPlus::Off => true,
+        };
+        if !attributes {
+            return self.names_only(listing, offset, reply);
+        }
         for (i, item) in listing.iter().enumerate().skip(offset as usize) {
             let dots = &*item.name == b"." || &*item.name == b"..";
             // The kernel makes no dentry for `.` and `..` and takes no

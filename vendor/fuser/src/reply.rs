@@ -800,6 +800,26 @@ impl ReplyDirectoryPlus {
         ))
     }
 
+    /// Adds an entry without attributes (`attr` gives only the inode number
+    /// and type shown to the reader): the kernel makes no dentry for it and
+    /// takes no lookup reference, as for a plain READDIR entry. Returns true
+    /// if the buffer is full.
+    pub fn add_name_only<T: AsRef<OsStr>>(&mut self, offset: u64, name: T, attr: &FileAttr) -> bool {
+        let name = name.as_ref();
+        self.buf.push(
+            &DirEntryPlus::new(
+                attr.ino,
+                Generation(0),
+                DirEntOffset(offset),
+                name,
+                Duration::ZERO,
+                attr.into(),
+                Duration::ZERO,
+            )
+            .name_only(),
+        )
+    }
+
     /// Reply to a request with the filled directory buffer
     pub fn ok(self) {
         let response: ll::ResponseData = self.buf.into();

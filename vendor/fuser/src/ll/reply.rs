@@ -472,6 +472,10 @@ pub(crate) struct DirEntryPlus<T: AsRef<Path>> {
     entry_valid: Duration,
     attr: Attr,
     attr_valid: Duration,
+    /// Only the name, inode number and type: the entry's nodeid is 0, which
+    /// the kernel takes as "no attributes for this one" (no dentry, no
+    /// lookup reference), and lists it like a plain READDIR entry.
+    name_only: bool,
 }
 
 impl<T: AsRef<Path>> DirEntryPlus<T> {
@@ -492,7 +496,15 @@ impl<T: AsRef<Path>> DirEntryPlus<T> {
             entry_valid,
             attr,
             attr_valid,
+            name_only: false,
         }
+    }
+
+    pub(crate) fn name_only(mut self) -> Self {
+        self.name_only = true;
+        self.entry_valid = Duration::ZERO;
+        self.attr_valid = Duration::ZERO;
+        self
     }
 }
 
@@ -518,7 +530,7 @@ impl DirEntPlusList {
         let name = x.name.as_ref().as_os_str().as_bytes();
         let header = abi::fuse_direntplus {
             entry_out: abi::fuse_entry_out {
-                nodeid: x.attr.attr.ino,
+                nodeid: if x.name_only { 0 } else { x.attr.attr.ino },
                 generation: x.generation.into(),
                 entry_valid: x.entry_valid.as_secs(),
                 attr_valid: x.attr_valid.as_secs(),
