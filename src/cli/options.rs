@@ -818,6 +818,18 @@ mod tests {
         assert_eq!(o("noxattrs=1").unwrap().xattrs, XattrSupport::Off);
         assert_eq!(o("noxattrs=0").unwrap().xattrs, XattrSupport::On);
         assert_eq!(o("static_nlink").unwrap().dir_nlink, DirNlink::Static);
+        for (v, want) in [
+            ("auto", ReaddirPlus::Auto),
+            ("on", ReaddirPlus::On),
+            ("1", ReaddirPlus::On),
+            ("off", ReaddirPlus::Off),
+        ] {
+            assert_eq!(
+                o(&format!("readdirplus={v}")).unwrap().readdirplus,
+                Some(want)
+            );
+        }
+        assert!(o("readdirplus=sometimes").is_err());
         assert_eq!(
             o("userxattr").unwrap().xattr_namespace,
             XattrNamespace::User
