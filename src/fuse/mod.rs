@@ -374,24 +374,9 @@ impl LayerFs {
     fn names_only(&self, listing: Listing, offset: u64, mut reply: ReplyDirectoryPlus) {
         let mut files = 0;
         for (i, item) in listing.iter().enumerate().skip(offset as usize) {
-            let attr = FileAttr {
-                ino: INodeNo(item.ino.0),
-                size: 0,
-                blocks: 0,
-                atime: UNIX_EPOCH,
-                mtime: UNIX_EPOCH,
-                ctime: UNIX_EPOCH,
-                crtime: UNIX_EPOCH,
-                kind: file_type(item.kind),
-                perm: 0,
-                nlink: 0,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                blksize: 0,
-                flags: 0,
-            };
-            if reply.add_name_only(i as u64 + 1, OsStr::from_bytes(&item.name), &attr) {
+            let name = OsStr::from_bytes(&item.name);
+            let kind = file_type(item.kind);
+            if reply.add_name_only(INodeNo(item.ino.0), i as u64 + 1, name, kind) {
                 break;
             }
             if item.kind != FileKind::Dir {
@@ -500,8 +485,9 @@ impl fuser::Filesystem for LayerFs {
         }
         // Listings with attributes save a LOOKUP per entry for ls -l, but
         // read every entry's inode even when the reader (find) only needs
-        // names: `On` leaves the choice to the kernel (READDIRPLUS_AUTO),
-        // `Auto` asks for READDIRPLUS always and decides per request.
+        // names. Both `On` and `Auto` let the kernel choose when to ask
+        // (READDIRPLUS_AUTO); `Auto` also decides per request whether the
+        // answer carries attributes (plus.rs).
         let plus_flags: &[InitFlags] = match self.opts.readdirplus {
             ReaddirPlus::Off => &[],
             ReaddirPlus::On => &[

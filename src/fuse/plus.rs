@@ -5,11 +5,13 @@
 //! only want names (`find`, `os.walk`) an inode per entry and bigger
 //! replies. The kernel's own READDIRPLUS_AUTO still sends attributes for the
 //! first chunk of every directory, which is all of a small one, so `find`
-//! pays anyway. With [`ReaddirPlus::Auto`] the kernel asks for READDIRPLUS
-//! every time and [`PlusGate`] decides per request: listings go out names
+//! pays anyway. With [`ReaddirPlus::Auto`] the kernel asks the same way
+//! (READDIRPLUS for a directory's first chunk, or once its children were
+//! looked up) and [`PlusGate`] decides per request: listings go out names
 //! only while the non-directory names listed are not looked up afterwards,
 //! and with attributes for a run of requests once at least half of them are;
-//! then one names-only request measures again.
+//! then one names-only request measures again. A names-only entry (nodeid
+//! 0) is listed like a plain READDIR entry.
 //!
 //! Owns only the decision; no FUSE types. Counters are approximate under
 //! concurrency (relaxed atomics): a wrong guess costs time, never
@@ -75,9 +77,13 @@ impl PlusGate {
         self.listed.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// A LOOKUP found a non-directory.
+    /// A LOOKUP found a non-directory. Only counted while names-only
+    /// listings are being judged: most lookups then cost one shared read,
+    /// not a write to a line every thread touches.
     pub fn looked_up(&self) {
-        self.looked.fetch_add(1, Ordering::Relaxed);
+        if self.listed.load(Ordering::Relaxed) > 0 {
+            self.looked.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -143,26 +143,15 @@ impl NsHolder {
     /// descriptors it must not keep open are made (it closes all it
     /// inherits anyway).
     pub fn spawn() -> SysResult<NsHolder> {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for two descriptors.
-        check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-        // SAFETY: single-threaded caller (see above); the child only makes
-        // system calls and `_exit`s.
-        match unsafe { libc::fork() } {
-            -1 => {
-                let e = Errno::last();
-                // SAFETY: both fds are ours.
+        let (read_end, write_end) = super::process::pipe()?;
+        match fork()? {
+            Fork::Child => {
+                let fd = read_end.as_raw_fd();
+                // SAFETY: plain system calls on our own descriptors; the
+                // child never returns from here.
                 unsafe {
-                    libc::close(fds[0]);
-                    libc::close(fds[1]);
-                }
-                Err(e)
-            }
-            0 => {
-                // SAFETY: plain system calls on our own descriptors.
-                unsafe {
-                    if fds[0] != 0 {
-                        libc::dup2(fds[0], 0);
+                    if fd != 0 {
+                        libc::dup2(fd, 0);
                     }
                     libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
                     libc::prctl(libc::PR_SET_NAME, c"layerfs-ns".as_ptr(), 0, 0, 0);
@@ -176,14 +165,11 @@ impl NsHolder {
                     libc::_exit(0)
                 }
             }
-            pid => {
-                // SAFETY: the read end is the child's now; the write end is
-                // fresh and owned here.
-                unsafe { libc::close(fds[0]) };
-                let release = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+            Fork::Parent(pid) => {
+                drop(read_end);
                 Ok(NsHolder {
                     pid,
-                    release: Some(release),
+                    release: Some(OwnedFd::from(write_end)),
                 })
             }
         }
@@ -192,11 +178,7 @@ impl NsHolder {
     /// Lets the holder exit and reaps it.
     pub fn release(mut self) {
         drop(self.release.take());
-        let mut status = 0;
-        // SAFETY: valid out pointer; our own child.
-        while unsafe { libc::waitpid(self.pid, &mut status, 0) } < 0
-            && Errno::last().0 == libc::EINTR
-        {}
+        let _ = super::process::waitpid(self.pid);
     }
 }
 

@@ -13,6 +13,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Duration;
 #[cfg(target_os = "macos")]
 use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
 
 use log::error;
 use log::warn;
@@ -800,20 +801,43 @@ impl ReplyDirectoryPlus {
         ))
     }
 
-    /// Adds an entry without attributes (`attr` gives only the inode number
-    /// and type shown to the reader): the kernel makes no dentry for it and
-    /// takes no lookup reference, as for a plain READDIR entry. Returns true
-    /// if the buffer is full.
-    pub fn add_name_only<T: AsRef<OsStr>>(&mut self, offset: u64, name: T, attr: &FileAttr) -> bool {
+    /// Adds an entry without attributes, only the inode number and type the
+    /// reader sees: the kernel makes no dentry for it and takes no lookup
+    /// reference, as for a plain READDIR entry. Returns true if the buffer
+    /// is full.
+    pub fn add_name_only<T: AsRef<OsStr>>(
+        &mut self,
+        ino: INodeNo,
+        offset: u64,
+        name: T,
+        kind: FileType,
+    ) -> bool {
         let name = name.as_ref();
+        let attr = FileAttr {
+            ino,
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 0,
+            flags: 0,
+        };
         self.buf.push(
             &DirEntryPlus::new(
-                attr.ino,
+                ino,
                 Generation(0),
                 DirEntOffset(offset),
                 name,
                 Duration::ZERO,
-                attr.into(),
+                (&attr).into(),
                 Duration::ZERO,
             )
             .name_only(),
